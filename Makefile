@@ -1,0 +1,48 @@
+# One-liners a newcomer can read. Everything runs inside .venv, created from uv.lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+VENV := .venv
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# This machine sets PYTHONDONTWRITEBYTECODE; without compiled bytecode `import tensorflow` takes ~20 s.
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup run test test-fast bench ui clean
+
+## setup: create .venv from the lock file (uv, bytecode compiled)
+setup: $(VENV)/.synced
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+## run: the whole pipeline (generate -> split -> train -> evaluate)
+run: setup
+	dvc repro
+
+## test: the full test suite (unit, end-to-end, service)
+test: setup
+	pytest
+
+## test-fast: unit tests only (no pipeline runs, no servers)
+test-fast: setup
+	pytest -m "not slow"
+
+## bench: side-by-side speed figures, printed as tables of ratios
+bench: setup
+	python bench/train_speed.py
+
+## service/requirements.txt: the hash-locked serving set, exported from uv.lock
+service/requirements.txt: uv.lock | $(UV)
+	$(UV) export --only-group serve --no-emit-project --format requirements-txt --quiet -o $@
+
+clean:
+	rm -rf data models plots metrics mlflow.db mlartifacts .dvc/tmp .dvc/cache

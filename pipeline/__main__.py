@@ -1,0 +1,68 @@
+"""`python -m pipeline <stage>`: one command per DVC stage, each reading params.yaml once.
+
+Heavy imports (TensorFlow, MLflow) happen inside the commands that need them, so `generate` and
+`split` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+
+
+def _generate(params: Params) -> None:
+    from pipeline.data import RAW_PATH, generate, write_frame
+
+    frame = generate(params.data)
+    write_frame(frame, RAW_PATH)
+    print(f"generated {len(frame)} rows -> {RAW_PATH}")
+
+
+def _split(params: Params) -> None:
+    import pandas as pd
+
+    from pipeline.data import RAW_PATH, SPLIT_DIR, split, write_splits
+
+    splits = split(pd.read_parquet(RAW_PATH), params.split)
+    write_splits(splits)
+    print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)} -> {SPLIT_DIR}")
+
+
+def _train(params: Params) -> None:
+    from pipeline import train
+
+    train.main(params)
+
+
+def _evaluate(params: Params) -> None:
+    from pipeline import evaluate
+
+    evaluate.main(params)
+
+
+STAGES = {"generate": _generate, "split": _split, "train": _train, "evaluate": _evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES, help="the pipeline stage to run")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        if args.stage in ("train", "evaluate"):
+            from pipeline.tracking import quiet_mlflow_logs
+
+            quiet_mlflow_logs()
+        STAGES[args.stage](params)
+    except (ConfigError, ValueError, ConnectionError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""params.yaml -> typed, validated configuration.
+
+The file is parsed once into frozen pydantic models that reject unknown keys, wrong types and
+out-of-range values; stages only ever see these objects.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message is one line naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Optimizer = Literal["sgd", "adam"]
+Activation = Literal["relu", "tanh", "sigmoid", "elu", "gelu", "swish"]
+
+
+class DataConfig(_Strict):
+    seed: int = Field(ge=0)
+    n_samples: int = Field(ge=10, le=10_000_000)
+    noise: float = Field(ge=0)
+    slope: float
+    intercept: float
+    x_min: float
+    x_max: float
+    x_spacing: Literal["linspace", "uniform"]
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> DataConfig:
+        if not self.x_min < self.x_max:
+            raise ValueError(f"data.x_min ({self.x_min}) must be below data.x_max ({self.x_max})")
+        return self
+
+
+class SplitConfig(_Strict):
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ValueError(f"split.train + split.val + split.test must sum to 1, got {total:g}")
+        return self
+
+
+class HyperParams(_Strict):
+    """Everything that shapes one fit: the architecture and the optimiser settings."""
+
+    units_1: int = Field(ge=1, le=4096)
+    units_2: int = Field(ge=1, le=4096)
+    activation: Activation
+    dropout: float = Field(ge=0, lt=1)
+    l1: float = Field(ge=0)
+    l2: float = Field(ge=0)
+    optimizer: Optimizer
+    learning_rate: float = Field(gt=0, le=10)
+    batch_size: int = Field(ge=1, le=1_000_000)
+
+
+class TrainConfig(_Strict):
+    hyperparams: HyperParams
+    epochs: int = Field(ge=1, le=100_000)
+    patience: int = Field(ge=0, description="epochs without a better validation loss; 0 = no early stopping")
+    seed: int = Field(ge=0)
+
+
+class EvaluateConfig(_Strict):
+    noise_floor_points: int = Field(ge=100, le=10_000_000)
+    seed: int = Field(ge=0)
+
+
+class TrackingConfig(_Strict):
+    experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
+
+
+class Params(_Strict):
+    data: DataConfig
+    split: SplitConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    tracking: TrackingConfig
+
+
+def _allowed_keys(section: tuple) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in section:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "params"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(error['loc'][:-1]))}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{key}: {error['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
+    if key == "params" or kind == "value_error":
+        return message if key in message else f"{key}: {message}"
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_params(raw: object) -> Params:
+    """Validate an already-loaded YAML document; raise ConfigError with one line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml must be a mapping of sections (data, split, train, ...)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    return parse_params(raw)

@@ -1,0 +1,74 @@
+"""MLflow set-up shared by the stages: embedded SQLite store by default, any tracking server by env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+from pipeline.config import TrackingConfig
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+# The served model needs only these at inference time; listing them saves MLflow ~10 s of guessing.
+MODEL_PIP_REQUIREMENTS = ["tensorflow-cpu", "keras", "numpy"]
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` when set (a team's server), else the project's own SQLite file."""
+    root = root or Path.cwd()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail in seconds with one line when a tracking server is down (MLflow itself retries for minutes)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    import socket
+
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({exc.strerror or exc})") from None
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store and select (or create) the project's experiment; return its id."""
+    import mlflow
+
+    uri = tracking_uri()
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        # Without this MLflow writes artifacts to ./mlruns, whose mere existence changes its default store.
+        artifact_location = (Path.cwd() / ARTIFACT_DIR).resolve().as_uri()
+    experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit() -> str:
+    """The commit the code ran at, with '-dirty' when the work tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's alembic and model-logging chatter buries the pipeline's own output."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
