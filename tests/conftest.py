@@ -1,0 +1,85 @@
+"""Shared fixtures: a throw-away copy of the project (git + DVC) with tiny params."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PROJECT_FILES = ["pipeline", "service", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+                 "pyproject.toml"]
+
+TINY = {  # small enough that a whole `dvc repro` is dominated by imports
+    "data": {"n_samples": 60},
+    "train": {"epochs": 30, "patience": 5},
+    "evaluate": {"noise_floor_points": 500},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class Project:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, override: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(merge(self.params(), override), sort_keys=False))
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return run(list(cmd), self.path, check=check, timeout=timeout)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message)
+
+
+def make_project(path: Path, override: dict | None = None) -> Project:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "bentoml"))
+        elif src.exists():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, path / name)
+    project = Project(path)
+    project.set_params(merge(TINY, override or {}))
+    project.run("git", "init", "-q", "-b", "main")
+    project.commit("project copy")
+    return project
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_project(tmp_path / "project")

@@ -1,0 +1,93 @@
+"""The model builder and the fast fit loop (real Keras)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import HyperParams
+from pipeline.model import build_model, fit, predict, seed_everything
+
+HP = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0, optimizer="adam",
+                 learning_rate=0.01, batch_size=16)
+
+
+def line_data(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, n, dtype=np.float32).reshape(-1, 1)
+    return x, (2 * x + 1 + rng.normal(0, 0.1, x.shape)).astype(np.float32)
+
+
+def test_architecture_follows_hyperparams():
+    hp = HP.model_copy(update={"units_1": 7, "units_2": 3, "activation": "tanh", "dropout": 0.2, "l2": 0.01})
+    model = build_model(hp, n_features=2)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [7, 3, 1]
+    assert [layer.activation.__name__ for layer in dense] == ["tanh", "tanh", "linear"]
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == 2
+    assert dense[0].kernel_regularizer is not None and dense[2].kernel_regularizer is None
+    assert model.input_shape == (None, 2)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert isinstance(build_model(HP.model_copy(update={"optimizer": "sgd"}), 1).optimizer, keras.optimizers.SGD)
+
+
+def test_fit_learns_the_line():
+    seed_everything(0)
+    x, y = line_data()
+    model = build_model(HP, 1)
+    history = fit(model, HP, (x, y), None, epochs=150, patience=0, seed=0)
+    assert history.epochs_run == 150 and history.train_loss[-1] < history.train_loss[0] / 20
+    assert float(np.sqrt(np.mean((predict(model, x) - y) ** 2))) < 0.2
+
+
+def test_early_stopping_restores_the_best_weights():
+    seed_everything(1)
+    x, y = line_data()
+    xv, yv = line_data(20, seed=9)
+    model = build_model(HP.model_copy(update={"learning_rate": 0.05}), 1)
+    history = fit(model, HP, (x, y), (xv, yv), epochs=400, patience=10, seed=1)
+    assert history.epochs_run < 400
+    assert history.best_epoch == int(np.argmin(history.val_loss)) + 1
+    restored = float(np.mean((predict(model, xv) - yv) ** 2))
+    assert restored == pytest.approx(min(history.val_loss), rel=1e-5)
+
+
+def test_same_seed_gives_identical_weights():
+    x, y = line_data()
+
+    def weights(seed):
+        seed_everything(seed)
+        model = build_model(HP.model_copy(update={"dropout": 0.1}), 1)
+        fit(model, HP, (x, y), None, epochs=20, patience=0, seed=seed)
+        return model.get_weights()
+
+    first, second, other = weights(5), weights(5), weights(6)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_on_epoch_callback_can_stop_training():
+    x, y = line_data()
+    seen = []
+    fit(build_model(HP, 1), HP, (x, y), (x, y), epochs=50, patience=0, seed=0,
+        on_epoch=lambda epoch, train_loss, val_loss: seen.append((epoch, val_loss)) or epoch == 4)
+    assert [epoch for epoch, _ in seen] == [1, 2, 3, 4] and all(v is not None for _, v in seen)
+
+
+def test_fit_is_keras_fit_without_the_overhead(monkeypatch):
+    """With the same batch order, the fast loop and Keras' model.fit give bit-identical weights."""
+
+    class NoShuffle:
+        def permutation(self, n):
+            return np.arange(n)
+
+    x, y = line_data(100)
+    monkeypatch.setattr("pipeline.model.np.random.default_rng", lambda seed: NoShuffle())
+    seed_everything(3)
+    ours = build_model(HP, 1)
+    fit(ours, HP, (x, y), None, epochs=15, patience=0, seed=3)
+    seed_everything(3)
+    reference = build_model(HP, 1)
+    reference.fit(x, y, epochs=15, batch_size=HP.batch_size, shuffle=False, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(ours.get_weights(), reference.get_weights()))
