@@ -11,7 +11,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast bench ui clean
+.PHONY: setup run test test-fast bench ui container-test clean
 
 ## setup: create .venv from the lock file (uv, bytecode compiled)
 setup: $(VENV)/.synced
@@ -39,6 +39,10 @@ test-fast: setup
 ## bench: side-by-side speed figures, printed as tables of ratios
 bench: setup
 	python bench/train_speed.py
+
+## container-test: build the serving image and test it under podman (installs podman etc. if missing; needs root)
+container-test: setup
+	scripts/container-test.sh
 
 ## service/requirements.txt: the hash-locked serving set, exported from uv.lock
 service/requirements.txt: uv.lock | $(UV)

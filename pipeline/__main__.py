@@ -31,10 +31,17 @@ def _split(params: Params) -> None:
     print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)} -> {SPLIT_DIR}")
 
 
+def _tune(params: Params) -> None:
+    from pipeline import tune
+
+    tune.main(params)
+
+
 def _train(params: Params) -> None:
     from pipeline import train
+    from pipeline.tune import read_best_params
 
-    train.main(params)
+    train.main(params, read_best_params())
 
 
 def _evaluate(params: Params) -> None:
@@ -43,7 +50,7 @@ def _evaluate(params: Params) -> None:
     evaluate.main(params)
 
 
-STAGES = {"generate": _generate, "split": _split, "train": _train, "evaluate": _evaluate}
+STAGES = {"generate": _generate, "split": _split, "tune": _tune, "train": _train, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        if args.stage in ("train", "evaluate"):
+        if args.stage in ("tune", "train", "evaluate"):
             from pipeline.tracking import quiet_mlflow_logs
 
             quiet_mlflow_logs()

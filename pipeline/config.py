@@ -80,6 +80,60 @@ class TrainConfig(_Strict):
     seed: int = Field(ge=0)
 
 
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class IntRange(_Strict):
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class SearchSpace(_Strict):
+    """Ranges and choices Optuna searches; anything not searched comes from train.hyperparams."""
+
+    learning_rate: FloatRange
+    batch_size: list[int] = Field(min_length=1)
+    units_1: IntRange
+    units_2: IntRange
+    optimizer: list[Optimizer] = Field(min_length=1)
+    activation: list[Activation] = Field(min_length=1)
+    dropout: FloatRange
+    l2: FloatRange
+
+
+class PrunerConfig(_Strict):
+    n_startup_trials: int = Field(ge=0)
+    n_warmup_steps: int = Field(ge=0)
+
+
+class TuneConfig(_Strict):
+    n_trials: int = Field(ge=0, le=100_000, description="0 = no search: train.hyperparams are used as they are")
+    seed: int = Field(ge=0)
+    epochs: int = Field(ge=1, le=100_000)
+    patience: int = Field(ge=0)
+    storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite:///optuna.db")
+    pruner: PrunerConfig
+    space: SearchSpace
+
+
 class EvaluateConfig(_Strict):
     noise_floor_points: int = Field(ge=100, le=10_000_000)
     seed: int = Field(ge=0)
@@ -93,6 +147,7 @@ class TrackingConfig(_Strict):
 class Params(_Strict):
     data: DataConfig
     split: SplitConfig
+    tune: TuneConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig

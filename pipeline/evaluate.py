@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -21,9 +22,11 @@ from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.config import HyperParams, Params  # noqa: E402
 from pipeline.data import Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
 from pipeline.model import build_model, fit, predict, seed_everything  # noqa: E402
+from pipeline.registry import register_and_promote  # noqa: E402
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, RUN_INFO_PATH  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
+REGISTRY_PATH = Path("models/registry.json")
 PLOTS_DIR = Path("plots")
 PREDICTIONS_CSV = PLOTS_DIR / "predictions.csv"
 RESIDUALS_CSV = PLOTS_DIR / "residuals.csv"
@@ -147,13 +150,19 @@ def main(params: Params) -> None:
     plot_learning_curve(pd.read_csv(LEARNING_CURVE_PATH), PLOTS_DIR / "learning_curve.png")
 
     tracking.configure(params.tracking)
-    run_id = pd.read_json(RUN_INFO_PATH, typ="series")["run_id"]
+    run_info = json.loads(RUN_INFO_PATH.read_text())
+    run_id = run_info["run_id"]
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics["model"].items() if v is not None})
         for baseline in ("baseline_linear", "baseline_tutorial"):
             mlflow.log_metrics({f"{baseline}_{k}": v for k, v in metrics[baseline].items() if v is not None})
         mlflow.log_artifacts(str(PLOTS_DIR), artifact_path="plots")
+    registry = register_and_promote(params.tracking.registered_model, run_info["model_uri"], run_id,
+                                    metrics["model"]["rmse"], x_test, y_test)
+    write_json(REGISTRY_PATH, registry)
     write_json(METRICS_PATH, metrics)
     m, lin, tut = metrics["model"], metrics["baseline_linear"], metrics["baseline_tutorial"]
     print(f"test RMSE {m['rmse']:.4f}  R2 {m['r2']:.4f}  noise-floor ratio {m['noise_floor_ratio']} "
           f"(linear {lin['noise_floor_ratio']}, tutorial {tut['noise_floor_ratio']})")
+    outcome = "is the new champion" if registry["promoted"] else f"kept champion v{registry['champion_version']}"
+    print(f"registered {registry['registered_model']} v{registry['version']}: {outcome}")
