@@ -19,7 +19,7 @@ def champion_rmse(name: str, x_test: np.ndarray, y_test: np.ndarray) -> tuple[st
     """(version, RMSE on this test set) of the current champion; None if there is none."""
     client = MlflowClient()
     try:
-        version = client.get_model_version_by_alias(name, CHAMPION).version
+        version = str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
     from pipeline.model import predict
@@ -36,7 +36,7 @@ def register_and_promote(name: str, model_uri: str, run_id: str, test_rmse: floa
     """Register the model; give it the champion alias if it is at least as good as the champion."""
     client = MlflowClient()
     current = champion_rmse(name, x_test, y_test)
-    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
+    version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version)
     client.set_model_version_tag(name, version, "test_rmse", f"{test_rmse:.6g}")
     promoted = current is None or current[1] is None or test_rmse <= current[1]
     if promoted:

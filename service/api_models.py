@@ -1,0 +1,378 @@
+"""Pydantic models for everything that crosses the service boundary.
+
+- `ModelCard` checks card.json at start-up and documents GET /metadata.
+- `build_request_model` makes the /predict request model from the card, so the
+  OpenAPI spec at /docs.json states the real feature count, feature names and
+  row limit, and pydantic-core enforces them (in Rust, before our code runs).
+- The answer models document the /predict response.
+
+BentoML 1.4 publishes the spec as OpenAPI 3.0 but copies pydantic's JSON Schema
+(draft 2020-12) into it, and it flattens the top level of a request/response
+schema by keeping only the first branch of an `anyOf`. `OpenAPIModel` therefore
+emits the OpenAPI 3.0 dialect (`nullable`, boolean exclusive bounds, `enum`
+instead of `const`), and no top-level field of a request/response is nullable.
+"""
+
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticCustomError
+
+# Feature values beyond this magnitude are rejected. Real features are nowhere near it,
+# and it keeps float32 arithmetic inside a trained MLP far from overflow, so a request
+# that passes validation gets finite predictions (a 200, not an error).
+MAX_ABS_FEATURE_VALUE = 1e15
+
+# At most this many validation problems are spelled out in one error message.
+MAX_REPORTED_ERRORS = 5
+
+
+class OpenAPI30JsonSchema(GenerateJsonSchema):
+    """Pydantic's JSON Schema generator, speaking the OpenAPI 3.0 dialect that BentoML declares."""
+
+    def nullable_schema(self, schema):
+        inner = self.generate_inner(schema["schema"])
+        if "$ref" in inner:  # OpenAPI 3.0 ignores keywords next to a $ref
+            return {"allOf": [inner], "nullable": True}
+        return {**inner, "nullable": True}
+
+    def float_schema(self, schema):
+        return _boolean_exclusive_bounds(super().float_schema(schema))
+
+    def int_schema(self, schema):
+        return _boolean_exclusive_bounds(super().int_schema(schema))
+
+    def literal_schema(self, schema):
+        json_schema = super().literal_schema(schema)
+        if "const" in json_schema:
+            json_schema["enum"] = [json_schema.pop("const")]
+        return json_schema
+
+    def default_schema(self, schema):
+        # `x` and `records` default to None only to mean "absent"; null itself is not allowed.
+        json_schema = super().default_schema(schema)
+        if json_schema.get("default", ...) is None and not json_schema.get("nullable"):
+            del json_schema["default"]
+        return json_schema
+
+
+def _boolean_exclusive_bounds(json_schema: dict[str, Any]) -> dict[str, Any]:
+    for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if exclusive in json_schema:
+            json_schema[inclusive] = json_schema.pop(exclusive)
+            json_schema[exclusive] = True
+    return json_schema
+
+
+class OpenAPIModel(BaseModel):
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("schema_generator", OpenAPI30JsonSchema)
+        return super().model_json_schema(*args, **kwargs)
+
+
+class StrictBody(OpenAPIModel):
+    """Client input: no type coercion (no "1" for 1, no true for 1) and no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
+
+
+FiniteFloat = Annotated[float, AllowInfNan(False)]
+FeatureValue = Annotated[
+    float,
+    Strict(),
+    AllowInfNan(False),
+    Field(ge=-MAX_ABS_FEATURE_VALUE, le=MAX_ABS_FEATURE_VALUE),
+]
+Coverage = Annotated[float, Strict(), AllowInfNan(False), Field(gt=0, lt=1)]
+ClassLabel = StrictStr | StrictInt
+
+
+# --- the model card (card.json, GET /metadata) -----------------------------------------
+
+
+class FeatureSpec(OpenAPIModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    min: FiniteFloat = Field(description="Smallest value seen in training.")
+    max: FiniteFloat = Field(description="Largest value seen in training.")
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        return self
+
+
+class IntervalSpec(OpenAPIModel):
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["split-conformal"]
+    calibration: str = "validation"
+    default_coverage: Coverage = 0.9
+    abs_residuals: list[Annotated[FiniteFloat, Field(ge=0)]] = Field(
+        min_length=1, description="Absolute residuals |y - yhat| on the calibration set."
+    )
+
+
+class ModelCard(OpenAPIModel):
+    """The model card written by the pipeline; fields not listed here pass through unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "keras-mlp"
+    task: Literal["regression", "binary", "multiclass"]
+    features: list[FeatureSpec] = Field(
+        min_length=1, description="In the column order of the model input."
+    )
+    class_labels: list[ClassLabel] | None = Field(
+        default=None, description="Class labels in model output order (classification only)."
+    )
+    interval: IntervalSpec | None = Field(
+        default=None, description="Calibration for prediction intervals (regression only)."
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _unique_feature_names(cls, features: list[FeatureSpec]) -> list[FeatureSpec]:
+        names = [feature.name for feature in features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {names}")
+        return features
+
+    @field_validator("class_labels")
+    @classmethod
+    def _unique_class_labels(cls, labels: list[ClassLabel] | None) -> list[ClassLabel] | None:
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError(f"class labels must be unique, got {labels}")
+        return labels
+
+    @model_validator(mode="after")
+    def _task_needs(self):
+        if self.task == "regression" and self.interval is None:
+            raise ValueError("a regression card needs 'interval' with 'abs_residuals'")
+        if self.task == "binary" and self.class_labels is not None and len(self.class_labels) != 2:
+            raise ValueError(f"a binary card needs exactly 2 class labels, got {self.class_labels}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+
+# --- POST /predict request -----------------------------------------------------------
+
+
+class FeatureRecordBase(StrictBody):
+    """One row given as {feature name: value}; subclassed per card by `build_request_model`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_the_card_features(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            expected = [field.alias for field in cls.model_fields.values()]
+            unknown = [key for key in data if key not in expected]
+            missing = [name for name in expected if name not in data]
+            if unknown or missing:
+                problems = []
+                if unknown:
+                    problems.append(f"unknown feature(s) {_quoted(unknown)}")
+                if missing:
+                    problems.append(f"missing feature(s) {_quoted(missing)}")
+                raise PydanticCustomError(
+                    "feature_names",
+                    "{problems}; each record needs exactly these features: {expected}",
+                    {"problems": " and ".join(problems), "expected": _quoted(expected)},
+                )
+        return data
+
+
+class PredictRequestBase(StrictBody):
+    """Exactly one of `x` / `records`; subclassed per card by `build_request_model`."""
+
+    # Set by build_request_model: a record's values in card feature order.
+    record_values: ClassVar[Callable[[Any], list[float]]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_and_one_input(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_field",
+                    "unknown field(s) {unknown}; allowed fields: {allowed}",
+                    {"unknown": _quoted(unknown), "allowed": _quoted(cls.model_fields)},
+                )
+            if ("x" in data) == ("records" in data):
+                raise PydanticCustomError(
+                    "one_input",
+                    "give exactly one of 'x' (a list of rows) or 'records' (a list of objects)",
+                )
+        return data
+
+    def feature_rows(self) -> list[list[float]]:
+        """The input rows, values in card feature order."""
+        if self.x is not None:
+            return self.x
+        return [self.record_values(record) for record in self.records]
+
+
+def build_request_model(
+    card: ModelCard, *, max_rows: int, default_coverage: float
+) -> type[PredictRequestBase]:
+    """The /predict request model for this card: its features, its task, the row limit."""
+    names = card.feature_names
+    n = len(names)
+    record_model = _record_model(names)
+    example_row = [round((f.min + f.max) / 2, 6) for f in card.features]
+
+    row = Annotated[list[FeatureValue], Field(min_length=n, max_length=n)]
+    annotations: dict[str, Any] = {"x": list[row], "records": list[record_model]}
+    namespace: dict[str, Any] = {
+        "x": Field(
+            default=None,
+            min_length=1,
+            max_length=max_rows,
+            description=f"Rows of {n} number(s) in this feature order: {', '.join(names)}.",
+        ),
+        "records": Field(
+            default=None,
+            min_length=1,
+            max_length=max_rows,
+            description="Rows as objects keyed by feature name.",
+        ),
+    }
+    if card.task == "regression":
+        annotations["coverage"] = Coverage
+        namespace["coverage"] = Field(
+            default=default_coverage,
+            description="Target coverage of the prediction interval, 0 < coverage < 1.",
+        )
+    namespace.update(
+        __annotations__=annotations,
+        __module__=__name__,
+        __doc__=f"Feature rows for the {card.task} model; give exactly one of x / records.",
+        record_values=staticmethod(_list_getter(*record_model.model_fields)),  # f0, f1, ...
+        model_config=ConfigDict(
+            json_schema_extra={
+                "oneOf": [{"required": ["x"]}, {"required": ["records"]}],
+                "example": {"x": [example_row]},
+            }
+        ),
+    )
+    return type("PredictRequest", (PredictRequestBase,), namespace)
+
+
+def _record_model(names: list[str]) -> type[FeatureRecordBase]:
+    # Field names are positional (f0, f1, ...) and the card names are aliases, so any
+    # feature name works, even one that clashes with a pydantic attribute.
+    annotations = {
+        f"f{i}": Annotated[FeatureValue, Field(alias=name)] for i, name in enumerate(names)
+    }
+    namespace = {"__annotations__": annotations, "__module__": __name__}
+    return type("FeatureRecord", (FeatureRecordBase,), namespace)
+
+
+def _list_getter(*attributes: str) -> Callable[[Any], list[float]]:
+    get = attrgetter(*attributes)
+    if len(attributes) == 1:
+        return lambda record: [get(record)]
+    return lambda record: list(get(record))
+
+
+# --- POST /predict answers ---------------------------------------------------------
+
+
+class PredictionInterval(OpenAPIModel):
+    method: str = Field(description="Always 'split-conformal'.")
+    coverage: float = Field(description="Target coverage used for these intervals.")
+    bounded: bool = Field(
+        description="False when the calibration set is too small for this coverage: "
+        "then the interval is the whole real line and half_width/lower/upper are null."
+    )
+    half_width: float | None = Field(
+        description="The conformal quantile q: each interval is prediction +/- q."
+    )
+    lower: list[float] | None
+    upper: list[float] | None
+    note: str | None = None
+
+
+class RegressionAnswer(OpenAPIModel):
+    predictions: list[float]
+    extrapolated: list[bool] = Field(
+        description="Per row: true if any feature lies outside its training range."
+    )
+    interval: PredictionInterval
+
+
+class ClassificationAnswer(OpenAPIModel):
+    labels: list[ClassLabel] = Field(description="Most probable class label per row.")
+    probabilities: list[list[float]] = Field(
+        description="Per row, the probability of each class, in class_labels order."
+    )
+    class_labels: list[ClassLabel]
+    extrapolated: list[bool] = Field(
+        description="Per row: true if any feature lies outside its training range."
+    )
+
+
+class ErrorBody(OpenAPIModel):
+    """Every 4xx/5xx body of /predict and /metadata."""
+
+    error: str
+
+
+# --- validation errors -> one readable message --------------------------------------
+
+
+def describe_validation_errors(errors: list[dict[str, Any]], hints: dict[str, str]) -> str:
+    """Turn pydantic's error list into one message naming each field and what is allowed.
+
+    `hints` maps a top-level field to a sentence appended once when that field is at fault.
+    """
+    parts = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        where = _location(error.get("loc") or [])
+        message = str(error.get("msg", "invalid value"))
+        parts.append(f"{where}: {message}" if where else message)
+    text = "; ".join(parts)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        text += f"; and {len(errors) - MAX_REPORTED_ERRORS} more problem(s)"
+    fields_at_fault = {str(error["loc"][0]) for error in errors if error.get("loc")}
+    for field, hint in hints.items():
+        if field in fields_at_fault:
+            text += f". {hint}"
+    return text
+
+
+def _location(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _quoted(names: Any) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """All problems in one line, for a start-up refusal."""
+    return describe_validation_errors(exc.errors(include_url=False, include_input=False), {})

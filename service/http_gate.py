@@ -1,0 +1,234 @@
+"""ASGI middleware at the HTTP edge of the service, in front of BentoML's routes.
+
+What it does, and why here rather than in the API function:
+- bearer-token auth for the model endpoints (before a body is read);
+- body size limit, answered with 413 before the body is read (Content-Length) or as
+  soon as a chunked upload crosses it: BentoML 1.4 itself reads any body whole;
+- only JSON bodies: BentoML would parse form/multipart bodies with other rules;
+- one error shape, {"error": "..."}: BentoML 1.4 answers a pydantic ValidationError with
+  a `detail` list its own OpenAPI spec does not allow, and other 4xx errors as a list
+  [{"error": ...}]; both are rewritten here;
+- GET /metadata: BentoML 1.4 API routes are POST-only, and the card is static;
+- /docs.json: adds what the routes above answer (GET /metadata, 401/413/415/422).
+Health, metrics and docs endpoints pass untouched and need no token.
+"""
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import SecretStr
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_TYPE = b"application/json"
+
+
+class HttpGate:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        api_paths: tuple[str, ...],
+        static_json: dict[str, bytes],
+        api_token: SecretStr | None,
+        max_body_bytes: int,
+        describe_errors: Callable[[list[dict[str, Any]]], str],
+        patch_openapi: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        self.app = app
+        self.api_paths = frozenset(api_paths)
+        self.static_json = static_json
+        self.protected = self.api_paths | frozenset(static_json)
+        self._expected_auth = (
+            b"bearer " + api_token.get_secret_value().encode() if api_token is not None else None
+        )
+        self.max_body_bytes = max_body_bytes
+        self.describe_errors = describe_errors
+        self.patch_openapi = patch_openapi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == "/docs.json":
+            return await self.app(scope, receive, self._patching_openapi(send))
+        if path not in self.protected:
+            return await self.app(scope, receive, send)
+
+        headers = _headers_of_interest(scope)
+        if self._expected_auth is not None and not self._authorized(headers.get(b"authorization")):
+            return await send_error(
+                send, 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                extra_headers=[(b"www-authenticate", b"Bearer")],
+            )
+        method = scope["method"]
+        if path in self.static_json:
+            if method not in ("GET", "HEAD"):
+                return await send_error(
+                    send, 405, f"{method} is not allowed on {path}; use GET",
+                    extra_headers=[(b"allow", b"GET, HEAD")],
+                )
+            body = self.static_json[path]
+            return await send_json(send, 200, body, head_only=method == "HEAD")
+
+        if method == "POST":
+            media_type = headers.get(b"content-type", JSON_TYPE).split(b";")[0].strip().lower()
+            if media_type != JSON_TYPE:
+                got = media_type.decode(errors="replace")
+                message = f"Content-Type must be application/json, got {got!r}"
+                return await send_error(send, 415, message)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            # The HTTP server guarantees the body has exactly this length.
+            if not declared.isdigit():
+                return await send_error(send, 400, "Content-Length must be a whole number")
+            size = int(declared)
+            if size > self.max_body_bytes:
+                return await send_error(send, 413, self._too_large())
+        elif method in ("POST", "PUT", "PATCH"):
+            # No length announced (chunked): read up to the limit before passing it on.
+            body = await self._read_limited(receive)
+            if body is None:
+                return await send_error(send, 413, self._too_large())
+            size = len(body)
+            receive = _replay(body, receive)
+        else:
+            size = 0
+        if method == "POST" and size == 0:
+            # BentoML would read an empty body as {} and report missing fields instead.
+            return await send_error(send, 400, "request body is empty: send a JSON object")
+        await self.app(scope, receive, self._normalising_errors(send))
+
+    # --- auth and limits ---------------------------------------------------------------
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        scheme, _, token = header.partition(b" ")
+        return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self._expected_auth)
+
+    def _too_large(self) -> str:
+        return f"request body is larger than {self.max_body_bytes} bytes (SERVICE_MAX_BODY_BYTES)"
+
+    async def _read_limited(self, receive: Receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # --- response rewriting -----------------------------------------------------------
+
+    def _normalising_errors(self, send: Send) -> Send:
+        """Pass successes straight through; buffer error bodies, rewrite them as {"error": ...}."""
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_normalised(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if held is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            status = held["status"]
+            body = json.dumps({"error": self._error_text(status, b"".join(chunks))}).encode()
+            await send_json(send, status, body, extra_headers=_kept_headers(held["headers"]))
+
+        return send_normalised
+
+    def _error_text(self, status: int, body: bytes) -> str:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return body.decode(errors="replace").strip() or HTTPStatus(status).phrase
+        if isinstance(payload, list) and len(payload) == 1:
+            payload = payload[0]  # BentoML 1.4 wraps BentoMLException bodies in a list
+        if isinstance(payload, dict):
+            if isinstance(payload.get("detail"), list):  # a pydantic ValidationError
+                return "invalid request: " + self.describe_errors(payload["detail"])
+            if isinstance(payload.get("error"), str):
+                return payload["error"]
+        return HTTPStatus(status).phrase
+
+    def _patching_openapi(self, send: Send) -> Send:
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_patched(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                held = message
+                return
+            if held is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            spec = json.dumps(self.patch_openapi(json.loads(b"".join(chunks)))).encode()
+            await send_json(send, 200, spec, extra_headers=_kept_headers(held["headers"]))
+
+        return send_patched
+
+
+def _headers_of_interest(scope: Scope) -> dict[bytes, bytes]:
+    wanted = (b"authorization", b"content-type", b"content-length")
+    return {name: value for name, value in scope["headers"] if name in wanted}
+
+
+def _kept_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"content-type")]
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replaying_receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # e.g. http.disconnect
+
+    return replaying_receive
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    extra_headers: list[tuple[bytes, bytes]] = (),
+    head_only: bool = False,
+) -> None:
+    headers = [
+        (b"content-type", JSON_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head_only else body})
+
+
+async def send_error(
+    send: Send, status: int, message: str, *, extra_headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send_json(send, status, body, extra_headers=extra_headers)

@@ -1,0 +1,195 @@
+"""The served model: an ONNX graph plus its model card, both checked before serving.
+
+Only numpy, onnxruntime and pydantic: no BentoML, TensorFlow, Keras, MLflow, DVC or
+pipeline code, so the serving image stays small and start-up stays fast.
+"""
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from api_models import ModelCard, validation_summary
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+
+
+class StartupError(RuntimeError):
+    """The service must not start; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the model says about a batch of rows (float64, one entry per row)."""
+
+    values: np.ndarray  # regression: predictions [n]; classification: probabilities [n, classes]
+    extrapolated: np.ndarray  # bool [n]
+
+
+class ModelBundle:
+    """An ONNX Runtime session and the model card it was exported with."""
+
+    def __init__(self, card: ModelCard, session: ort.InferenceSession, source: Path):
+        self.card = card
+        self.source = source
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        self._output_names = [session.get_outputs()[0].name]
+        self._mins = np.array([f.min for f in card.features], dtype=np.float64)
+        self._maxs = np.array([f.max for f in card.features], dtype=np.float64)
+        self.class_labels: list = []
+        if card.interval is not None:
+            self._sorted_residuals = sorted(card.interval.abs_residuals)
+        self._check_against_card()
+
+    # --- loading -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "ModelBundle":
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise StartupError(f"model directory {model_dir} does not exist")
+        card = read_card(model_dir / CARD_FILE)
+        session = open_session(model_dir / MODEL_FILE)
+        return cls(card, session, model_dir)
+
+    def _check_against_card(self) -> None:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        where = self.source / MODEL_FILE
+        if len(inputs) != 1:
+            raise StartupError(f"{where}: expected 1 input, found {len(inputs)}")
+        (model_input,) = inputs
+        if model_input.type != "tensor(float)" or len(model_input.shape) != 2:
+            raise StartupError(
+                f"{where}: input {model_input.name!r} must be a float32 matrix [batch, features], "
+                f"found {model_input.type} with shape {model_input.shape}"
+            )
+        width = model_input.shape[1]
+        n_features = len(self.card.features)
+        if isinstance(width, int) and width != n_features:
+            raise StartupError(
+                f"card/model mismatch: {CARD_FILE} lists {n_features} feature(s) "
+                f"({', '.join(self.card.feature_names)}) but {MODEL_FILE} takes "
+                f"{width} input column(s)"
+            )
+        if outputs[0].type != "tensor(float)":
+            raise StartupError(f"{where}: output must be float32, found {outputs[0].type}")
+
+        # One real inference on the middle of the training range: proves the graph runs
+        # (a symbolic input width too) and shows the output width the task needs.
+        probe = ((self._mins + self._maxs) / 2).astype(np.float32)[None, :]
+        try:
+            out = self._run(probe)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise StartupError(
+                f"{where}: inference on one row of {n_features} feature(s) failed: {exc}"
+            ) from exc
+        if out.ndim != 2 or out.shape[0] != 1 or not np.isfinite(out).all():
+            raise StartupError(f"{where}: probe inference gave {out!r}, expected one finite row")
+        self._check_output_width(out)
+
+    def _check_output_width(self, out: np.ndarray) -> None:
+        task, width, labels = self.card.task, out.shape[1], self.card.class_labels
+        if task in ("regression", "binary") and width != 1:
+            raise StartupError(f"a {task} model must have 1 output column, this one has {width}")
+        if task == "binary":
+            self.class_labels = list(labels) if labels is not None else [0, 1]
+        if task == "multiclass":
+            if width < 2:
+                raise StartupError(
+                    f"a multiclass model needs >= 2 output columns, this one has {width}"
+                )
+            if labels is not None and len(labels) != width:
+                raise StartupError(
+                    f"card/model mismatch: {len(labels)} class label(s) but {width} output columns"
+                )
+            self.class_labels = list(labels) if labels is not None else list(range(width))
+        if task != "regression" and ((out < 0).any() or (out > 1).any()):
+            raise StartupError(f"a {task} model must output probabilities, got {out.tolist()}")
+
+    # --- inference -----------------------------------------------------------------
+
+    @property
+    def n_features(self) -> int:
+        return len(self._mins)
+
+    def _run(self, rows: np.ndarray) -> np.ndarray:
+        return self._session.run(self._output_names, {self._input_name: rows})[0]
+
+    def infer(self, rows: list[list[float]]) -> Outputs:
+        """Run validated rows (card feature order) through the model."""
+        exact = np.asarray(rows, dtype=np.float64)
+        # The range check uses the values as sent: 1.00000001 is outside [.., 1] even
+        # though float32 would round it to 1.
+        extrapolated = ((exact < self._mins) | (exact > self._maxs)).any(axis=1)
+        out = self._run(exact.astype(np.float32)).astype(np.float64)
+        if self.card.task == "regression":
+            values = out[:, 0]
+        elif self.card.task == "binary":
+            values = np.column_stack([1.0 - out[:, 0], out[:, 0]])
+        else:
+            values = out
+        return Outputs(values=values, extrapolated=extrapolated)
+
+    def labels_for(self, probabilities: np.ndarray) -> list:
+        if self.card.task == "binary":  # P(class 1) >= 0.5 -> class 1
+            picks = (probabilities[:, 1] >= 0.5).astype(int)
+        else:
+            picks = probabilities.argmax(axis=1)
+        return [self.class_labels[i] for i in picks]
+
+    @functools.lru_cache(maxsize=128)
+    def interval_half_width(self, coverage: float) -> float | None:
+        """Split-conformal quantile: the ceil((n+1)*coverage)-th smallest |residual|.
+
+        None when that rank exceeds n: with n calibration points no finite interval
+        reaches this coverage. Fraction(str(coverage)) keeps 0.07 * 100 exactly 7.
+        """
+        residuals = self._sorted_residuals
+        rank = math.ceil((len(residuals) + 1) * Fraction(str(coverage)))
+        if rank > len(residuals):
+            return None
+        return residuals[rank - 1]
+
+    def max_bounded_coverage(self) -> float:
+        """Largest coverage that still gives a finite interval: n / (n + 1)."""
+        n = len(self._sorted_residuals)
+        return n / (n + 1)
+
+
+def read_card(path: Path) -> ModelCard:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StartupError(f"model card {path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"model card {path} cannot be read: {exc}") from exc
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise StartupError(f"model card {path} is not valid JSON: {exc}") from exc
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        raise StartupError(f"model card {path} is invalid: {validation_summary(exc)}") from None
+
+
+def open_session(path: Path) -> ort.InferenceSession:
+    if not path.is_file():
+        raise StartupError(f"model file {path} is missing")
+    options = ort.SessionOptions()
+    # One thread per session: the service scales with HTTP workers, and a tiny MLP
+    # gains nothing from intra-op parallelism but pays for thread wake-ups.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise StartupError(f"model file {path} is not a loadable ONNX model: {exc}") from exc

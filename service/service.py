@@ -1,0 +1,284 @@
+"""BentoML service for the Keras MLP, run through ONNX Runtime.
+
+    cd service && bentoml serve service:MLPService
+
+The model is a directory holding model.onnx and card.json: $SERVICE_MODEL_DIR when set,
+otherwise the latest `keras-mlp` in the BentoML model store (the pipeline puts it there).
+It is loaded and checked when this module is imported, so a missing or corrupt model,
+an invalid card or a card/model mismatch stops `bentoml serve` with a non-zero exit
+before it ever reports ready; and the request schema can be built from the card.
+
+HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics
+and /docs.json (OpenAPI). Every error body is {"error": "<what is wrong and what is allowed>"}.
+
+Environment (read once at start-up):
+  SERVICE_MODEL_DIR          model directory; unset: the BentoML model store
+  SERVICE_INTERVAL_COVERAGE  default interval coverage, 0 < c < 1 (card's default_coverage)
+  SERVICE_MAX_ROWS           rows per request (10000)
+  SERVICE_MAX_BODY_BYTES     request body size (2 MiB)
+  SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer <token>"
+"""
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from pydantic import SecretStr, ValidationError
+from starlette.responses import JSONResponse
+
+from api_models import (
+    MAX_ABS_FEATURE_VALUE,
+    ClassificationAnswer,
+    ErrorBody,
+    ModelCard,
+    PredictionInterval,
+    RegressionAnswer,
+    build_request_model,
+    describe_validation_errors,
+)
+from http_gate import HttpGate
+from model_bundle import ModelBundle, Outputs, StartupError
+
+MODEL_NAME = "keras-mlp"
+MODEL_REF = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+
+# Batches up to this size run on the event loop (ONNX Runtime needs microseconds for
+# them; a thread hop would cost more). Larger ones go to a worker thread so other
+# requests are not held up.
+INLINE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path | None
+    coverage: float | None
+    max_rows: int
+    max_body_bytes: int
+    api_token: SecretStr | None  # SecretStr: never shown by repr or logs
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        model_dir = env.get("SERVICE_MODEL_DIR") or None
+        token = env.get("SERVICE_API_TOKEN") or None
+        if token is not None and (not token.isprintable() or " " in token):
+            raise StartupError("SERVICE_API_TOKEN must be printable and contain no spaces")
+        return cls(
+            model_dir=Path(model_dir) if model_dir else None,
+            coverage=_coverage_from_env(env),
+            max_rows=_positive_int_from_env(env, "SERVICE_MAX_ROWS", 10_000),
+            max_body_bytes=_positive_int_from_env(env, "SERVICE_MAX_BODY_BYTES", 2 * 1024 * 1024),
+            api_token=SecretStr(token) if token else None,
+        )
+
+
+def _positive_int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise StartupError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _coverage_from_env(env: Mapping[str, str]) -> float | None:
+    raw = env.get("SERVICE_INTERVAL_COVERAGE")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise StartupError(f"SERVICE_INTERVAL_COVERAGE must be a number in (0, 1), got {raw!r}")
+    return value
+
+
+def model_directory(settings: Settings) -> Path:
+    if settings.model_dir is not None:
+        return settings.model_dir
+    stored = MODEL_REF.stored  # local store only; never a remote lookup
+    if stored is None:
+        raise StartupError(
+            f"no model to serve: set SERVICE_MODEL_DIR, or store '{MODEL_NAME}' in the BentoML "
+            "model store (the pipeline does; see `bentoml models list`)"
+        )
+    return Path(stored.path)
+
+
+SETTINGS = Settings.from_env(os.environ)
+BUNDLE = ModelBundle.load(model_directory(SETTINGS))
+CARD: ModelCard = BUNDLE.card
+IS_REGRESSION = CARD.task == "regression"
+DEFAULT_COVERAGE = SETTINGS.coverage or (CARD.interval.default_coverage if IS_REGRESSION else 0.9)
+
+PredictRequest = build_request_model(
+    CARD, max_rows=SETTINGS.max_rows, default_coverage=DEFAULT_COVERAGE
+)
+PredictAnswer = RegressionAnswer if IS_REGRESSION else ClassificationAnswer
+
+_feature_list = ", ".join(CARD.feature_names)
+ERROR_HINTS = {
+    "x": (
+        f"x is a list of 1 to {SETTINGS.max_rows} rows; each row is a list of "
+        f"{BUNDLE.n_features} finite number(s) with |value| <= {MAX_ABS_FEATURE_VALUE:g}, "
+        f"in this order: {_feature_list}"
+    ),
+    "records": (
+        f"records is a list of 1 to {SETTINGS.max_rows} objects, each with exactly these "
+        f"keys: {_feature_list}; values are finite numbers with "
+        f"|value| <= {MAX_ABS_FEATURE_VALUE:g}"
+    ),
+    "coverage": "coverage is a number strictly between 0 and 1",
+}
+
+
+@bentoml.service(traffic={"timeout": 30})
+class MLPService:
+    """Keras MLP predictions: split-conformal intervals (regression) or class probabilities."""
+
+    if SETTINGS.model_dir is None:
+        # Declared only when it is what we load: `bentoml serve` resolves every declared
+        # model before starting, and `bentoml build` bundles it into the bento.
+        model_ref = MODEL_REF
+
+    def __init__(self) -> None:
+        self.bundle = BUNDLE
+
+    @bentoml.api(route="/predict")
+    async def predict(self, request: PredictRequest, /) -> PredictAnswer:
+        """Predict for 1..SERVICE_MAX_ROWS rows, given as `x` (rows in card feature order)
+        or `records` (objects keyed by feature name). Errors answer {"error": "..."}."""
+        rows = request.feature_rows()
+        if len(rows) <= INLINE_ROWS:
+            outputs = self.bundle.infer(rows)
+        else:
+            outputs = await anyio.to_thread.run_sync(self.bundle.infer, rows)
+        if not np.isfinite(outputs.values).all():
+            return self._non_finite_answer(outputs)
+        if IS_REGRESSION:
+            return self._regression_answer(outputs, request.coverage)
+        return self._classification_answer(outputs)
+
+    def _regression_answer(self, outputs: Outputs, coverage: float) -> RegressionAnswer:
+        predictions = outputs.values
+        half_width = self.bundle.interval_half_width(coverage)
+        if half_width is None:
+            n = len(CARD.interval.abs_residuals)
+            interval = PredictionInterval.model_construct(
+                method="split-conformal", coverage=coverage, bounded=False,
+                half_width=None, lower=None, upper=None,
+                note=(
+                    f"{n} calibration residuals give no finite interval at coverage {coverage}: "
+                    f"finite bounds need coverage <= {n}/{n + 1} "
+                    f"(~{math.floor(self.bundle.max_bounded_coverage() * 1e6) / 1e6})"
+                ),
+            )
+        else:
+            interval = PredictionInterval.model_construct(
+                method="split-conformal", coverage=coverage, bounded=True,
+                half_width=half_width,
+                lower=(predictions - half_width).tolist(),
+                upper=(predictions + half_width).tolist(),
+                note=None,
+            )
+        # model_construct: the values are ours and already checked; skip re-validation.
+        return RegressionAnswer.model_construct(
+            predictions=predictions.tolist(),
+            extrapolated=outputs.extrapolated.tolist(),
+            interval=interval,
+        )
+
+    @staticmethod
+    def _non_finite_answer(outputs: Outputs) -> JSONResponse:
+        # Valid input can still overflow float32 inside the model: say so (422), not 500.
+        per_row = outputs.values.reshape(len(outputs.extrapolated), -1)
+        bad_rows = np.flatnonzero(~np.isfinite(per_row).all(axis=1))[:10].tolist()
+        message = (
+            f"the model gave a non-finite output for row(s) {bad_rows}; "
+            "their inputs are too far outside the training range"
+        )
+        return JSONResponse({"error": message}, status_code=422)
+
+    def _classification_answer(self, outputs: Outputs) -> ClassificationAnswer:
+        return ClassificationAnswer.model_construct(
+            labels=self.bundle.labels_for(outputs.values),
+            probabilities=outputs.values.tolist(),
+            class_labels=self.bundle.class_labels,
+            extrapolated=outputs.extrapolated.tolist(),
+        )
+
+
+def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Document what HttpGate answers on top of BentoML's generated spec."""
+    ref = "#/components/schemas/{model}"
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for model in (ModelCard, ErrorBody):
+        schema = model.model_json_schema(ref_template=ref)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+
+    def error(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": ref.format(model="ErrorBody")}}},
+        }
+
+    predict = spec["paths"]["/predict"]["post"]
+    predict["requestBody"]["required"] = True  # BentoML leaves it optional; an empty body is a 400
+    predict["responses"].update(
+        {
+            "400": error("Invalid request: the message names the field and what is allowed"),
+            "413": error("Request body larger than SERVICE_MAX_BODY_BYTES"),
+            "415": error("Content-Type is not application/json"),
+            "422": error("The model gave a non-finite output for these inputs"),
+        }
+    )
+    metadata = {
+        "tags": predict.get("tags", []),
+        "operationId": "MLPService__metadata",
+        "description": "The model card of the served model.",
+        "responses": {
+            "200": {
+                "description": "The model card",
+                "content": {
+                    "application/json": {"schema": {"$ref": ref.format(model="ModelCard")}}
+                },
+            }
+        },
+    }
+    spec["paths"]["/metadata"] = {"get": metadata}
+    if SETTINGS.api_token is not None:
+        components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+        for operation in (predict, metadata):
+            operation["security"] = [{"bearerAuth": []}]
+            operation["responses"]["401"] = error("Missing or wrong bearer token")
+    return spec
+
+
+class _DropClientValidationErrors(logging.Filter):
+    """BentoML logs every request that fails validation as an ERROR with a traceback.
+    Those are client mistakes, answered 400 and counted by the access log; a flood of
+    bad requests must not flood the log (or copy request content into it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientValidationErrors())
+
+MLPService.add_asgi_middleware(
+    HttpGate,
+    api_paths=("/predict",),
+    static_json={"/metadata": json.dumps(CARD.model_dump(mode="json")).encode()},
+    api_token=SETTINGS.api_token,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    describe_errors=lambda errors: describe_validation_errors(errors, ERROR_HINTS),
+    patch_openapi=patch_openapi,
+)
