@@ -11,7 +11,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast bench ui container-test clean
+.PHONY: setup run test test-fast bench ui serve container-test clean
 
 ## setup: create .venv from the lock file (uv, bytecode compiled)
 setup: $(VENV)/.synced
@@ -40,6 +40,14 @@ test-fast: setup
 bench: setup
 	python bench/train_speed.py
 
+## serve: serve the latest packaged bento on http://127.0.0.1:3000 (POST /predict, GET /metadata)
+serve: setup
+	BENTOML_HOME=$(CURDIR)/bentoml bentoml serve keras-mlp-service:latest --host 127.0.0.1 --port $${PORT:-3000}
+
+## ui: the MLflow UI on the project's own store
+ui: setup
+	scripts/mlflow-ui.sh
+
 ## container-test: build the serving image and test it under podman (installs podman etc. if missing; needs root)
 container-test: setup
 	scripts/container-test.sh
@@ -49,4 +57,4 @@ service/requirements.txt: uv.lock | $(UV)
 	$(UV) export --only-group serve --no-emit-project --format requirements-txt --quiet -o $@
 
 clean:
-	rm -rf data models plots metrics mlflow.db mlartifacts .dvc/tmp .dvc/cache
+	rm -rf data models plots metrics mlflow.db mlartifacts optuna.db bentoml .dvc/tmp .dvc/cache

@@ -50,7 +50,14 @@ def _evaluate(params: Params) -> None:
     evaluate.main(params)
 
 
-STAGES = {"generate": _generate, "split": _split, "tune": _tune, "train": _train, "evaluate": _evaluate}
+def _package(params: Params) -> None:
+    from pipeline import package
+
+    package.main(params)
+
+
+STAGES = {"generate": _generate, "split": _split, "tune": _tune, "train": _train, "evaluate": _evaluate,
+          "package": _package}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        if args.stage in ("tune", "train", "evaluate"):
+        if args.stage in ("tune", "train", "evaluate", "package"):
             from pipeline.tracking import quiet_mlflow_logs
 
             quiet_mlflow_logs()

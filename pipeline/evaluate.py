@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,7 @@ RESIDUALS_CSV = PLOTS_DIR / "residuals.csv"
 TUTORIAL = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0,
                        optimizer="adam", learning_rate=0.001, batch_size=32)
 TUTORIAL_EPOCHS = 200
+INTERVAL_COVERAGE = 0.9  # the service's default
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -59,6 +61,19 @@ def score(predict_fn, splits: Splits, params: Params) -> dict[str, float]:
     return metrics
 
 
+def conformal_interval(model: keras.Model, splits: Splits, coverage: float) -> dict[str, float]:
+    """Split-conformal interval calibrated on validation (as the service does); its coverage on test."""
+    x_val, y_val = features_and_target(splits.val)
+    residuals = np.sort(np.abs(y_val - predict(model, x_val))[:, 0])
+    rank = math.ceil((len(residuals) + 1) * coverage)
+    if rank > len(residuals):
+        return {"interval_half_width": None, "interval_coverage_test": 1.0}
+    half_width = float(residuals[rank - 1])
+    x_test, y_test = features_and_target(splits.test)
+    inside = np.abs(y_test - predict(model, x_test)) <= half_width
+    return {"interval_half_width": half_width, "interval_coverage_test": float(inside.mean())}
+
+
 def tutorial_baseline(splits: Splits, params: Params) -> keras.Model:
     """The tutorial's configuration trained on the same training split."""
     seed_everything(params.train.seed)
@@ -81,7 +96,8 @@ def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, di
     linear = linear_baseline(splits)
     tutorial = tutorial_baseline(splits, params)
     return {
-        "model": _rounded(score(lambda x: predict(model, x), splits, params)),
+        "model": _rounded({**score(lambda x: predict(model, x), splits, params),
+                           **conformal_interval(model, splits, INTERVAL_COVERAGE)}),
         "baseline_linear": _rounded(score(linear.predict, splits, params)),
         "baseline_tutorial": _rounded(score(lambda x: predict(tutorial, x), splits, params)),
     }

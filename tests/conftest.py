@@ -18,6 +18,7 @@ PROJECT_FILES = ["pipeline", "service", "params.yaml", "dvc.yaml", ".dvc/config"
 
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
+    "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
     "train": {"epochs": 30, "patience": 5},
     "evaluate": {"noise_floor_points": 500},
 }

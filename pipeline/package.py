@@ -1,0 +1,113 @@
+"""The package stage: champion model -> ONNX (parity-checked) + model card -> BentoML model and bento.
+
+The service reads only what this stage writes (model.onnx + card.json); it never imports
+TensorFlow, MLflow or this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.artifacts import write_json
+from pipeline.config import Params
+from pipeline.data import TARGET, Splits, features_and_target, read_splits
+from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH
+from pipeline.model import predict
+from pipeline.registry import CHAMPION
+
+PACKAGE_DIR = Path("models/package")
+BENTO_INFO_PATH = Path("models/bento.json")
+SERVICE_DIR = Path("service")
+PARITY_TOLERANCE = 1e-5
+DEFAULT_COVERAGE = 0.9
+
+
+def parity_inputs(splits: Splits) -> np.ndarray:
+    """The test set plus points far outside the training range (10x its span on each side)."""
+    x_test, _ = features_and_target(splits.test)
+    x_train, _ = features_and_target(splits.train)
+    low, high = x_train.min(axis=0), x_train.max(axis=0)
+    span = np.maximum(high - low, 1e-6)
+    far = np.linspace(low - 10 * span, high + 10 * span, 201, dtype=np.float32)
+    return np.concatenate([x_test, far]).astype(np.float32)
+
+
+def export_onnx(model, path: Path, check_inputs: np.ndarray) -> float:
+    """Export with Keras and return max |ONNX - Keras| on `check_inputs`; raise above the tolerance."""
+    import onnxruntime as ort
+
+    keras_out = predict(model, check_inputs)  # also builds a freshly loaded model, which export needs
+    model.export(str(path), format="onnx", verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: check_inputs})[0]
+    gap = float(np.max(np.abs(onnx_out - keras_out)))
+    if not gap <= PARITY_TOLERANCE:
+        raise ValueError(f"package: ONNX export differs from Keras by {gap:.3g} (allowed {PARITY_TOLERANCE:g})")
+    return gap
+
+
+def model_card(model, splits: Splits, params: Params, version, parity_gap: float) -> dict:
+    """What the service and a reader need to know about the packaged model."""
+    client = MlflowClient()
+    run = client.get_run(version.run_id) if version.run_id else None
+    feature_names = [c for c in splits.train.columns if c != TARGET]
+    x_val, y_val = features_and_target(splits.val)
+    residuals = np.sort(np.abs(y_val - predict(model, x_val))[:, 0])
+    return {
+        "name": params.tracking.registered_model,
+        "task": "regression",
+        "target": TARGET,
+        "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
+                     for n in feature_names],
+        "class_labels": None,
+        "interval": {"method": "split-conformal", "calibration": "validation", "default_coverage": DEFAULT_COVERAGE,
+                     "abs_residuals": [round(float(r), 8) for r in residuals]},
+        "metrics": json.loads(METRICS_PATH.read_text())["model"],
+        "mlflow": {"run_id": version.run_id, "registered_model": version.name, "model_version": str(version.version),
+                   "alias": CHAMPION},
+        "git_commit": run.data.tags.get("git_commit") if run else None,
+        "data_hash": run.data.tags.get("data_sha256") if run else None,
+        "params": run.data.params if run else {},
+        "onnx_parity_max_abs_diff": parity_gap,
+    }
+
+
+def store_and_build(package_dir: Path, name: str) -> str:
+    """Put the package in the BentoML model store and build the bento from service/; return its tag."""
+    os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / "bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    import bentoml
+
+    with bentoml.models.create(name, labels={"source": "pipeline"}) as stored:
+        for item in package_dir.iterdir():
+            shutil.copy2(item, Path(stored.path) / item.name)
+    bento = bentoml.bentos.build_bentofile(bentofile=str(SERVICE_DIR / "bentofile.yaml"), build_ctx=str(SERVICE_DIR))
+    return str(bento.tag)
+
+
+def main(params: Params) -> None:
+    tracking.configure(params.tracking)
+    name = json.loads(REGISTRY_PATH.read_text())["registered_model"]
+    version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}")
+    splits = read_splits()
+    staging = Path(tempfile.mkdtemp(prefix=".package.", dir=PACKAGE_DIR.parent))
+    try:
+        gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
+        write_json(staging / "card.json", model_card(model, splits, params, version, gap))
+        shutil.rmtree(PACKAGE_DIR, ignore_errors=True)
+        staging.rename(PACKAGE_DIR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    tag = store_and_build(PACKAGE_DIR, name)
+    write_json(BENTO_INFO_PATH, {"bento": tag, "model_version": str(version.version)})
+    print(f"packaged {name} v{version.version}: ONNX parity {gap:.2g}, bento {tag}")
