@@ -46,7 +46,7 @@ serve: setup
 
 ## ui: the MLflow UI on the project's own store
 ui: setup
-	scripts/mlflow-ui.sh
+	bash scripts/mlflow-ui.sh
 
 ## container-test: build the serving image and test it under podman (installs podman etc. if missing; needs root)
 container-test: setup
