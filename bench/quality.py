@@ -28,7 +28,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
         from pipeline import tracking
         from pipeline.config import parse_params
-        from pipeline.data import generate, split, write_frame, write_splits, RAW_PATH
+        from pipeline.data import RAW_PATH, load, split, write_frame, write_splits
         from pipeline.evaluate import evaluate
         from pipeline.train import train
         from pipeline.tune import tune
@@ -39,8 +39,9 @@ def main() -> None:
             raw["data"]["seed"] = seed
             params = parse_params(raw)
             start = time.perf_counter()
-            write_frame(generate(params.data), RAW_PATH)
-            splits = split(generate(params.data), params.split)
+            frame, schema = load(params.data)
+            write_frame(frame, RAW_PATH)
+            splits = split(frame, schema, params.split)
             write_splits(splits)
             best = tune(splits, params)
             model, _ = train(splits, best, params)

@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
-from pipeline.data import features_and_target, generate
+from pathlib import Path
+
+from pipeline.config import load_params
+from pipeline.data import generate_line
 from pipeline.evaluate import TUTORIAL, TUTORIAL_EPOCHS
-from pipeline.config import DataConfig
 from pipeline.model import build_model, fit, predict, seed_everything
 
-DATA = DataConfig(seed=0, n_samples=100, noise=0.1, slope=2.0, intercept=1.0, x_min=-1.0, x_max=1.0,
-                  x_spacing="linspace")
+DATA = load_params(Path(__file__).resolve().parents[1] / "params.yaml").data  # the tutorial's line
 
 
 def plain_fit(model, x, y, seed):
@@ -44,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=7)
     args = parser.parse_args()
-    x, y = features_and_target(generate(DATA))
+    frame = generate_line(DATA)
+    x, y = frame[["x"]].to_numpy(np.float32), frame[["y"]].to_numpy(np.float32)
     for train_fn in (plain_fit, project_fit):
         measure(train_fn, x, y, seed=99)
     results = {fn.__name__: [] for fn in (plain_fit, project_fit)}

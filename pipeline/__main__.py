@@ -7,26 +7,31 @@ Heavy imports (TensorFlow, MLflow) happen inside the commands that need them, so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: no C++ info lines
 
 from pipeline.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 
 
 def _generate(params: Params) -> None:
-    from pipeline.data import RAW_PATH, generate, write_frame
+    from pipeline.data import RAW_PATH, SCHEMA_PATH, load, write_frame
 
-    frame = generate(params.data)
+    frame, schema = load(params.data)
     write_frame(frame, RAW_PATH)
-    print(f"generated {len(frame)} rows -> {RAW_PATH}")
+    schema.write(SCHEMA_PATH)
+    print(f"{params.data.source} data: {len(frame)} rows, {len(schema.features)} feature(s), task {schema.task}"
+          f" -> {RAW_PATH}")
 
 
 def _split(params: Params) -> None:
     import pandas as pd
 
-    from pipeline.data import RAW_PATH, SPLIT_DIR, split, write_splits
+    from pipeline.data import RAW_PATH, SPLIT_DIR, Schema, split, write_splits
 
-    splits = split(pd.read_parquet(RAW_PATH), params.split)
+    splits = split(pd.read_parquet(RAW_PATH), Schema.read(), params.split)
     write_splits(splits)
     print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)} -> {SPLIT_DIR}")
 

@@ -28,21 +28,62 @@ Optimizer = Literal["sgd", "adam"]
 Activation = Literal["relu", "tanh", "sigmoid", "elu", "gelu", "swish"]
 
 
+class SyntheticClassification(_Strict):
+    """scikit-learn's make_classification: n_classes = 2 gives a binary task, more a multi-class one."""
+
+    n_features: int = Field(ge=1, le=1000)
+    n_informative: int = Field(ge=1, le=1000)
+    n_classes: int = Field(ge=2, le=100)
+    class_sep: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _informative_fit(self) -> SyntheticClassification:
+        if self.n_informative > self.n_features:
+            raise ValueError(f"data.classification.n_informative ({self.n_informative}) must not exceed "
+                             f"data.classification.n_features ({self.n_features})")
+        return self
+
+
+class FileSource(_Strict):
+    """The user's own table (CSV or Parquet)."""
+
+    path: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    features: list[str] | None = Field(default=None, description="null = every column but the target")
+    impute: Literal["none", "mean", "median"]
+
+
+class SklearnSource(_Strict):
+    name: Literal["diabetes", "breast_cancer", "iris", "wine", "digits"]
+
+
 class DataConfig(_Strict):
+    source: Literal["synthetic", "file", "sklearn"]
+    task: Literal["auto", "regression", "binary", "multiclass"]
     seed: int = Field(ge=0)
     n_samples: int = Field(ge=10, le=10_000_000)
+    synthetic: Literal["line", "classification"]
+    # the tutorial's line: y = slope * x + intercept + N(0, noise^2)
     noise: float = Field(ge=0)
     slope: float
     intercept: float
     x_min: float
     x_max: float
     x_spacing: Literal["linspace", "uniform"]
+    classification: SyntheticClassification
+    file: FileSource
+    sklearn: SklearnSource
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> DataConfig:
         if not self.x_min < self.x_max:
             raise ValueError(f"data.x_min ({self.x_min}) must be below data.x_max ({self.x_max})")
         return self
+
+    @property
+    def is_line(self) -> bool:
+        """The tutorial's synthetic line, for which the generating noise (and so a noise floor) is known."""
+        return self.source == "synthetic" and self.synthetic == "line"
 
 
 class SplitConfig(_Strict):

@@ -1,21 +1,52 @@
-"""The generate and split stages: the tutorial's noisy line, and a seeded train/val/test split."""
+"""The generate and split stages: a data set from one of three sources, and a seeded split.
+
+Sources: `synthetic` (the tutorial's noisy line, or scikit-learn's make_classification),
+`file` (the user's CSV or Parquet table) and `sklearn` (a data set that ships with scikit-learn).
+Whatever the source, the stage writes one table plus a schema naming the task, the target, the
+feature columns in model-input order and the class labels.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig, SplitConfig
 
-TARGET = "y"
 RAW_PATH = Path("data/raw.parquet")
+SCHEMA_PATH = Path("data/schema.json")
 SPLIT_DIR = Path("data/split")
 SPLIT_NAMES = ("train", "val", "test")
+MAX_AUTO_CLASSES = 20  # an integer target with at most this many values is read as class labels
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on; the message names the column or row."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    task: str  # regression | binary | multiclass
+    target: str
+    features: list[str]
+    class_labels: list | None  # in model-output order; None for regression
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.class_labels) if self.task == "multiclass" else 1
+
+    def write(self, path: Path = SCHEMA_PATH) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path = SCHEMA_PATH) -> Schema:
+        return cls(**json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)
@@ -23,15 +54,19 @@ class Splits:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    schema: Schema
+
+
+# --- sources -------------------------------------------------------------------------------------
 
 
 def line(x: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> pd.DataFrame:
     """y = slope * x + intercept + N(0, noise^2) at the given x."""
     y = cfg.slope * x + cfg.intercept + rng.normal(0.0, cfg.noise, size=x.shape)
-    return pd.DataFrame({"x": x, TARGET: y})
+    return pd.DataFrame({"x": x, "y": y})
 
 
-def generate(cfg: DataConfig) -> pd.DataFrame:
+def generate_line(cfg: DataConfig) -> pd.DataFrame:
     """The tutorial's data set: `n_samples` points on [x_min, x_max], evenly spaced or uniform."""
     rng = np.random.default_rng(cfg.seed)
     if cfg.x_spacing == "linspace":
@@ -42,27 +77,156 @@ def generate(cfg: DataConfig) -> pd.DataFrame:
 
 
 def sample_fresh(cfg: DataConfig, n: int, seed: int) -> pd.DataFrame:
-    """New points from the generating distribution (x uniform over the same range)."""
+    """New points from the line's generating distribution (x uniform over the same range)."""
     rng = np.random.default_rng(seed)
     return line(rng.uniform(cfg.x_min, cfg.x_max, n), cfg, rng)
 
 
-def split(frame: pd.DataFrame, cfg: SplitConfig) -> Splits:
-    """Seeded train / validation / test split with the fractions from params."""
-    rest, test = train_test_split(frame, test_size=cfg.test, random_state=cfg.seed)
-    train, val = train_test_split(rest, test_size=cfg.val / (cfg.train + cfg.val), random_state=cfg.seed)
+def generate_classification(cfg: DataConfig) -> pd.DataFrame:
+    from sklearn.datasets import make_classification
+
+    c = cfg.classification
+    x, y = make_classification(
+        n_samples=cfg.n_samples, n_features=c.n_features, n_informative=c.n_informative,
+        n_redundant=0, n_classes=c.n_classes, class_sep=c.class_sep, random_state=cfg.seed,
+    )
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(c.n_features)])
+    frame["label"] = y
+    return frame
+
+
+def load_sklearn(name: str) -> pd.DataFrame:
+    """A data set bundled with scikit-learn (no download)."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")(as_frame=True)
+    frame = bunch.frame.copy()
+    if frame.columns[-1] != "target":
+        frame = frame.rename(columns={frame.columns[-1]: "target"})
+    if getattr(bunch, "target_names", None) is not None and name != "diabetes":
+        frame["target"] = [str(bunch.target_names[i]) for i in frame["target"]]
+    frame.columns = [str(c).replace(" ", "_").replace("(", "").replace(")", "") for c in frame.columns]
+    return frame
+
+
+def load_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"data.file.path: {path} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if path.suffix.lower() in (".csv", ".txt"):
+        return pd.read_csv(path)
+    raise DataError(f"data.file.path: {path} must be a .csv or .parquet file")
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def infer_task(target: pd.Series, requested: str) -> str:
+    """`auto`: text or few integer values -> classification (binary or multi-class); else regression."""
+    if requested != "auto":
+        return requested
+    values = target.dropna()
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    integral = numeric and np.all(np.mod(values.to_numpy(dtype=float), 1) == 0)
+    if numeric and not (integral and values.nunique() <= MAX_AUTO_CLASSES):
+        return "regression"
+    return "binary" if values.nunique() <= 2 else "multiclass"
+
+
+def _first_bad_row(mask: pd.Series) -> int:
+    return int(np.flatnonzero(mask.to_numpy())[0])
+
+
+def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: str, impute: str) -> tuple[pd.DataFrame, Schema]:
+    """Check the table and return it (feature columns, then the target) with its schema."""
+    if target not in frame.columns:
+        raise DataError(f"target column {target!r} not found; columns are: {', '.join(map(str, frame.columns))}")
+    features = list(features) if features is not None else [c for c in frame.columns if c != target]
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise DataError(f"feature column(s) {missing} not found; columns are: {', '.join(map(str, frame.columns))}")
+    if not features:
+        raise DataError("no feature columns: the table has only the target")
+    if target in features:
+        raise DataError(f"column {target!r} is both the target and a feature")
+    frame = frame[features + [target]].copy()
+    for column in features:
+        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            bad = converted.isna() & frame[column].notna()
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise DataError(f"feature column {column!r} is not numeric: row {row} holds {frame[column].iloc[row]!r}")
+            frame[column] = converted
+    if frame[target].isna().any():
+        raise DataError(f"target column {target!r} has a missing value in row {_first_bad_row(frame[target].isna())}")
+    for column in features:
+        holes = frame[column].isna() | np.isinf(frame[column])
+        if holes.any():
+            if impute == "none":
+                raise DataError(f"feature column {column!r} has a missing value in row {_first_bad_row(holes)} "
+                                "(set data.file.impute to mean or median to fill missing values)")
+            fill = frame.loc[~holes, column].agg(impute)
+            frame.loc[holes, column] = fill
+    frame[features] = frame[features].astype("float64")
+    task = infer_task(frame[target], task)
+    labels = None
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(frame[target]):
+            raise DataError(f"task regression needs a numeric target, but column {target!r} holds text")
+        frame[target] = frame[target].astype("float64")
+    else:
+        labels = sorted(frame[target].unique().tolist(), key=lambda v: (str(type(v)), v))
+        labels = [v.item() if hasattr(v, "item") else v for v in labels]
+        if len(labels) < 2:
+            raise DataError(f"target column {target!r} has a single class ({labels[0]!r}); classification needs two or more")
+        if task == "binary" and len(labels) != 2:
+            raise DataError(f"task binary needs exactly 2 classes, target {target!r} has {len(labels)}")
+    return frame.reset_index(drop=True), Schema(task, target, features, labels)
+
+
+def load(cfg: DataConfig) -> tuple[pd.DataFrame, Schema]:
+    """The data set that `data.source` names, checked, with its schema."""
+    if cfg.source == "synthetic" and cfg.synthetic == "line":
+        return prepare(generate_line(cfg), "y", ["x"], "regression" if cfg.task == "auto" else cfg.task, "none")
+    if cfg.source == "synthetic":
+        return prepare(generate_classification(cfg), "label", None, cfg.task, "none")
+    if cfg.source == "sklearn":
+        return prepare(load_sklearn(cfg.sklearn.name), "target", None, cfg.task, "none")
+    return prepare(load_file(Path(cfg.file.path)), cfg.file.target, cfg.file.features, cfg.task, cfg.file.impute)
+
+
+# --- split -----------------------------------------------------------------------------------------
+
+
+def split(frame: pd.DataFrame, schema: Schema, cfg: SplitConfig) -> Splits:
+    """Seeded train / validation / test split; stratified by class for classification."""
+    stratify = schema.task != "regression"
+    try:
+        rest, test = train_test_split(frame, test_size=cfg.test, random_state=cfg.seed,
+                                      stratify=frame[schema.target] if stratify else None)
+        train, val = train_test_split(rest, test_size=cfg.val / (cfg.train + cfg.val), random_state=cfg.seed,
+                                      stratify=rest[schema.target] if stratify else None)
+    except ValueError as exc:
+        raise DataError(f"split: {len(frame)} rows cannot be split {cfg.train:g}/{cfg.val:g}/{cfg.test:g} "
+                        f"({exc}); add rows or change the fractions") from None
     if min(len(train), len(val), len(test)) < 2:
-        raise ValueError(
+        raise DataError(
             f"split: {len(frame)} rows give train/val/test = {len(train)}/{len(val)}/{len(test)}; "
-            "each part needs at least 2 rows (raise data.n_samples or change the fractions)"
+            "each part needs at least 2 rows (add rows or change the fractions)"
         )
-    return Splits(train.sort_index(), val.sort_index(), test.sort_index())
+    return Splits(train.sort_index(), val.sort_index(), test.sort_index(), schema)
 
 
-def features_and_target(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (n, n_features) and (n, 1) arrays, features in column order."""
-    x = frame.drop(columns=[TARGET]).to_numpy(dtype=np.float32)
-    y = frame[[TARGET]].to_numpy(dtype=np.float32)
+def features_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (n, n_features) inputs and (n, 1) targets: the value, or the class index."""
+    x = frame[schema.features].to_numpy(dtype=np.float32)
+    if schema.class_labels is None:
+        y = frame[[schema.target]].to_numpy(dtype=np.float32)
+    else:
+        index = {label: i for i, label in enumerate(schema.class_labels)}
+        y = frame[schema.target].map(index).to_numpy(dtype=np.float32).reshape(-1, 1)
     return x, y
 
 
@@ -72,9 +236,11 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 
 def read_splits(directory: Path = SPLIT_DIR) -> Splits:
-    return Splits(*(pd.read_parquet(directory / f"{name}.parquet") for name in SPLIT_NAMES))
+    frames = (pd.read_parquet(directory / f"{name}.parquet") for name in SPLIT_NAMES)
+    return Splits(*frames, Schema.read(directory / "schema.json"))
 
 
 def write_splits(splits: Splits, directory: Path = SPLIT_DIR) -> None:
     for name in SPLIT_NAMES:
         write_frame(getattr(splits, name), directory / f"{name}.parquet")
+    splits.schema.write(directory / "schema.json")

@@ -1,9 +1,16 @@
-"""The evaluate stage: test metrics, the noise-floor ratio, two baselines, plots; all to DVC and MLflow."""
+"""The evaluate stage: test metrics for the task, baselines on the same split, plots; to DVC and MLflow.
+
+Regression: RMSE, MAE, R2 against LinearRegression and Ridge (and, on the tutorial's line, the
+noise-floor ratio and the tutorial's own configuration). Classification: accuracy, precision,
+recall, F1 (macro for multi-class), ROC AUC, log loss and the confusion matrix, against the
+majority class and LogisticRegression.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -15,76 +22,123 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.linear_model import LinearRegression  # noqa: E402
-from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+from sklearn.dummy import DummyClassifier  # noqa: E402
+from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.config import HyperParams, Params  # noqa: E402
-from pipeline.data import Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
+from pipeline.data import Schema, Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
 from pipeline.model import build_model, fit, predict, seed_everything  # noqa: E402
 from pipeline.registry import register_and_promote  # noqa: E402
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, RUN_INFO_PATH  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
 REGISTRY_PATH = Path("models/registry.json")
-PLOTS_DIR = Path("plots")
-PREDICTIONS_CSV = PLOTS_DIR / "predictions.csv"
-RESIDUALS_CSV = PLOTS_DIR / "residuals.csv"
+PLOTS_DIR = Path("plots/evaluate")
 
 # The tutorial's exact set-up: 10-5-1 ReLU, Adam at its default rate, 200 epochs, Keras' default batch.
 TUTORIAL = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0,
                        optimizer="adam", learning_rate=0.001, batch_size=32)
 TUTORIAL_EPOCHS = 200
 INTERVAL_COVERAGE = 0.9  # the service's default
+# The metric the registry compares on (lower is better): a proper score for every task.
+PRIMARY_METRIC = {"regression": "rmse", "binary": "log_loss", "multiclass": "log_loss"}
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # x -> values (regression) or class probabilities (n, k)
+
+
+def probabilities(model: keras.Model, x: np.ndarray, task: str) -> np.ndarray:
+    """(n, k) class probabilities; the binary model's single sigmoid output is P(second label)."""
+    out = predict(model, x)
+    return np.hstack([1 - out, out]) if task == "binary" else out
+
+
+def keras_predictor(model: keras.Model, task: str) -> Predictor:
+    if task == "regression":
+        return lambda x: predict(model, x)[:, 0]
+    return lambda x: probabilities(model, x, task)
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {
-        "rmse": float(root_mean_squared_error(y_true, y_pred)),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "r2": float(r2_score(y_true, y_pred)),
+        "rmse": float(skm.root_mean_squared_error(y_true, y_pred)),
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "r2": float(skm.r2_score(y_true, y_pred)),
     }
 
 
-def score(predict_fn, splits: Splits, params: Params) -> dict[str, float]:
-    """Test-set metrics plus the noise-floor ratio: RMSE on fresh points / the generating sigma.
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, task: str) -> dict[str, float]:
+    classes = np.arange(proba.shape[1])
+    y_pred = proba.argmax(axis=1)
+    average = "binary" if task == "binary" else "macro"
+    proba = np.clip(proba, 1e-7, 1 - 1e-7)
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, proba[:, 1]) if task == "binary" else
+                         skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)),
+        "log_loss": float(skm.log_loss(y_true, proba, labels=classes)),
+    }
 
-    1.00 is the floor no model can beat; a 20-point test set is too small to judge against sigma.
+
+def score(predictor: Predictor, splits: Splits, params: Params) -> dict[str, float]:
+    """Test-set metrics for the task; on the tutorial's line also the noise-floor ratio.
+
+    The noise-floor ratio is RMSE on fresh points / the generating sigma: 1.00 is the floor no
+    model can beat, and a 20-point test set is too small to judge against sigma.
     """
-    x_test, y_test = features_and_target(splits.test)
-    metrics = regression_metrics(y_test, predict_fn(x_test))
-    fresh_x, fresh_y = features_and_target(
-        sample_fresh(params.data, params.evaluate.noise_floor_points, params.evaluate.seed))
-    fresh_rmse = root_mean_squared_error(fresh_y, predict_fn(fresh_x))
-    metrics["noise_floor_ratio"] = float(fresh_rmse / params.data.noise) if params.data.noise > 0 else None
+    schema = splits.schema
+    x_test, y_test = features_and_target(splits.test, schema)
+    if schema.task != "regression":
+        return classification_metrics(y_test[:, 0].astype(int), predictor(x_test), schema.task)
+    metrics = regression_metrics(y_test[:, 0], predictor(x_test))
+    if params.data.is_line:
+        fresh = sample_fresh(params.data, params.evaluate.noise_floor_points, params.evaluate.seed)
+        fresh_x, fresh_y = features_and_target(fresh, schema)
+        fresh_rmse = skm.root_mean_squared_error(fresh_y[:, 0], predictor(fresh_x))
+        metrics["noise_floor_ratio"] = float(fresh_rmse / params.data.noise) if params.data.noise > 0 else None
     return metrics
 
 
-def conformal_interval(model: keras.Model, splits: Splits, coverage: float) -> dict[str, float]:
+def conformal_interval(predictor: Predictor, splits: Splits, coverage: float) -> dict[str, float | None]:
     """Split-conformal interval calibrated on validation (as the service does); its coverage on test."""
-    x_val, y_val = features_and_target(splits.val)
-    residuals = np.sort(np.abs(y_val - predict(model, x_val))[:, 0])
+    x_val, y_val = features_and_target(splits.val, splits.schema)
+    residuals = np.sort(np.abs(y_val[:, 0] - predictor(x_val)))
     rank = math.ceil((len(residuals) + 1) * coverage)
     if rank > len(residuals):
         return {"interval_half_width": None, "interval_coverage_test": 1.0}
     half_width = float(residuals[rank - 1])
-    x_test, y_test = features_and_target(splits.test)
-    inside = np.abs(y_test - predict(model, x_test)) <= half_width
+    x_test, y_test = features_and_target(splits.test, splits.schema)
+    inside = np.abs(y_test[:, 0] - predictor(x_test)) <= half_width
     return {"interval_half_width": half_width, "interval_coverage_test": float(inside.mean())}
 
 
 def tutorial_baseline(splits: Splits, params: Params) -> keras.Model:
-    """The tutorial's configuration trained on the same training split."""
+    """The tutorial's configuration (no feature scaling, as in the tutorial) on the same training split."""
     seed_everything(params.train.seed)
-    train_xy = features_and_target(splits.train)
-    model = build_model(TUTORIAL, n_features=train_xy[0].shape[1])
+    train_xy = features_and_target(splits.train, splits.schema)
+    model = build_model(TUTORIAL, train_xy[0].shape[1])
     fit(model, TUTORIAL, train_xy, None, epochs=TUTORIAL_EPOCHS, patience=0, seed=params.train.seed)
     return model
 
 
-def linear_baseline(splits: Splits) -> LinearRegression:
-    return LinearRegression().fit(*features_and_target(splits.train))
+def sklearn_baselines(splits: Splits) -> dict[str, Predictor]:
+    """scikit-learn models fitted on the same training split."""
+    x, y = features_and_target(splits.train, splits.schema)
+    if splits.schema.task == "regression":
+        linear = LinearRegression().fit(x, y[:, 0])
+        ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
+        return {"baseline_linear": linear.predict, "baseline_ridge": ridge.predict}
+    labels = y[:, 0].astype(int)
+    majority = DummyClassifier(strategy="most_frequent").fit(x, labels)
+    logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, labels)
+    return {"baseline_majority": majority.predict_proba, "baseline_logistic": logistic.predict_proba}
 
 
 def _rounded(metrics: dict) -> dict:
@@ -92,18 +146,35 @@ def _rounded(metrics: dict) -> dict:
 
 
 def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, dict]:
-    """Metrics of the model and of both baselines, on the same split and the same fresh points."""
-    linear = linear_baseline(splits)
-    tutorial = tutorial_baseline(splits, params)
-    return {
-        "model": _rounded({**score(lambda x: predict(model, x), splits, params),
-                           **conformal_interval(model, splits, INTERVAL_COVERAGE)}),
-        "baseline_linear": _rounded(score(linear.predict, splits, params)),
-        "baseline_tutorial": _rounded(score(lambda x: predict(tutorial, x), splits, params)),
-    }
+    """Metrics of the model and of the baselines, on the same split (and the same fresh points)."""
+    predictor = keras_predictor(model, splits.schema.task)
+    ours = score(predictor, splits, params)
+    if splits.schema.task == "regression":
+        ours |= conformal_interval(predictor, splits, INTERVAL_COVERAGE)
+    results = {"model": _rounded(ours)}
+    for name, baseline in sklearn_baselines(splits).items():
+        results[name] = _rounded(score(baseline, splits, params))
+    if params.data.is_line:
+        tutorial = tutorial_baseline(splits, params)
+        results["baseline_tutorial"] = _rounded(score(keras_predictor(tutorial, "regression"), splits, params))
+    return results
 
 
-def plot_predictions(model: keras.Model, splits: Splits, params: Params, path: Path) -> None:
+# --- plots -------------------------------------------------------------------------------------------
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def plot_line(model: keras.Model, splits: Splits, params: Params, path: Path) -> None:
     """The tutorial's picture: the data, the true line and the network's prediction."""
     grid = np.linspace(params.data.x_min, params.data.x_max, 200, dtype=np.float32).reshape(-1, 1)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -120,11 +191,22 @@ def plot_predictions(model: keras.Model, splits: Splits, params: Params, path: P
     _save(fig, path)
 
 
-def plot_residuals(frame: pd.DataFrame, path: Path) -> None:
+def plot_predicted_vs_actual(frame: pd.DataFrame, target: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.scatter(frame[target], frame["prediction"], c="tab:green", s=16)
+    low, high = frame[[target, "prediction"]].min().min(), frame[[target, "prediction"]].max().max()
+    ax.plot([low, high], [low, high], "k--", lw=1, label="perfect prediction")
+    ax.set(xlabel=f"actual {target}", ylabel="predicted", title="Predictions vs data (test set)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_residuals(frame: pd.DataFrame, x_column: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     ax.axhline(0, c="k", lw=1)
-    ax.scatter(frame["x"], frame["residual"], c="tab:red")
-    ax.set(xlabel="x", ylabel="y - prediction", title="Test-set residuals")
+    ax.scatter(frame[x_column], frame["residual"], c="tab:red")
+    ax.set(xlabel=x_column, ylabel="actual - prediction", title="Test-set residuals")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -134,51 +216,88 @@ def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
     ax.plot(curve["epoch"], curve["train_loss"], label="train")
     if curve["val_loss"].notna().any():
         ax.plot(curve["epoch"], curve["val_loss"], label="validation")
-    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title="Learning curves")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="Learning curves")
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+def plot_classification(y_true: np.ndarray, proba: np.ndarray, schema: Schema, directory: Path) -> None:
+    labels = [str(label) for label in schema.class_labels]
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    skm.ConfusionMatrixDisplay.from_predictions(y_true, proba.argmax(axis=1), labels=range(len(labels)),
+                                                display_labels=labels, ax=ax, colorbar=False)
+    ax.set_title("Confusion matrix (test set)")
+    _save(fig, directory / "confusion_matrix.png")
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    classes = [1] if schema.task == "binary" else range(len(labels))
+    for k in classes:
+        name = labels[k] if schema.task == "multiclass" else f"{labels[1]} vs {labels[0]}"
+        skm.RocCurveDisplay.from_predictions(y_true == k, proba[:, k], name=name, ax=roc_ax)
+        skm.PrecisionRecallDisplay.from_predictions(y_true == k, proba[:, k], name=name, ax=pr_ax)
+    roc_ax.set_title("ROC curve(s), test set")
+    pr_ax.set_title("Precision-recall curve(s), test set")
+    _save(fig, directory / "roc_pr_curves.png")
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+def write_plots(model: keras.Model, splits: Splits, params: Params, directory: Path = PLOTS_DIR) -> None:
+    """PNG pictures plus the CSV files that `dvc plots` renders."""
+    schema = splits.schema
+    x_test, y_test = features_and_target(splits.test, schema)
+    plot_learning_curve(pd.read_csv(LEARNING_CURVE_PATH), directory / "learning_curve.png")
+    if schema.task == "regression":
+        frame = splits.test.assign(prediction=predict(model, x_test)[:, 0])
+        frame["residual"] = frame[schema.target] - frame["prediction"]
+        _write_csv(frame[[schema.target, "prediction"]].rename(columns={schema.target: "actual"}),
+                   directory / "predictions.csv")
+        if params.data.is_line:
+            plot_line(model, splits, params, directory / "predictions.png")
+            plot_residuals(frame, "x", directory / "residuals.png")
+        else:
+            plot_predicted_vs_actual(frame, schema.target, directory / "predictions.png")
+            plot_residuals(frame, "prediction", directory / "residuals.png")
+        return
+    proba = probabilities(model, x_test, schema.task)
+    labels = np.array([str(label) for label in schema.class_labels])
+    truth = y_test[:, 0].astype(int)
+    _write_csv(pd.DataFrame({"actual": labels[truth], "predicted": labels[proba.argmax(axis=1)]}),
+               directory / "confusion.csv")
+    plot_classification(truth, proba, schema, directory)
 
 
 def main(params: Params) -> None:
     splits = read_splits()
+    schema = splits.schema
     model = keras.saving.load_model(MODEL_PATH, safe_mode=True)
-    metrics = evaluate(model, splits, params)
-
-    x_test, y_test = features_and_target(splits.test)
-    test_frame = splits.test.assign(prediction=predict(model, x_test)[:, 0])
-    test_frame["residual"] = test_frame["y"] - test_frame["prediction"]
-    _write_csv(test_frame[["x", "y", "prediction"]], PREDICTIONS_CSV)
-    _write_csv(test_frame[["x", "residual"]], RESIDUALS_CSV)
-    plot_predictions(model, splits, params, PLOTS_DIR / "predictions.png")
-    plot_residuals(test_frame, PLOTS_DIR / "residuals.png")
-    plot_learning_curve(pd.read_csv(LEARNING_CURVE_PATH), PLOTS_DIR / "learning_curve.png")
+    metrics = {"task": schema.task, **evaluate(model, splits, params)}
+    write_plots(model, splits, params)
 
     tracking.configure(params.tracking)
     run_info = json.loads(RUN_INFO_PATH.read_text())
     run_id = run_info["run_id"]
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics["model"].items() if v is not None})
-        for baseline in ("baseline_linear", "baseline_tutorial"):
-            mlflow.log_metrics({f"{baseline}_{k}": v for k, v in metrics[baseline].items() if v is not None})
+        for name, values in metrics.items():
+            if isinstance(values, dict):
+                prefix = "test_" if name == "model" else f"{name}_"
+                mlflow.log_metrics({f"{prefix}{k}": v for k, v in values.items() if v is not None})
         mlflow.log_artifacts(str(PLOTS_DIR), artifact_path="plots")
-    registry = register_and_promote(params.tracking.registered_model, run_info["model_uri"], run_id,
-                                    metrics["model"]["rmse"], x_test, y_test)
+
+    primary = PRIMARY_METRIC[schema.task]
+    x_test, y_test = features_and_target(splits.test, schema)
+
+    def rescore(champion: keras.Model) -> float:
+        return score(keras_predictor(champion, schema.task), splits, params)[primary]
+
+    registry = register_and_promote(
+        params.tracking.registered_model, run_info["model_uri"], run_id, primary, metrics["model"][primary],
+        rescore, {"task": schema.task, "features": ",".join(schema.features)},
+    )
     write_json(REGISTRY_PATH, registry)
     write_json(METRICS_PATH, metrics)
-    m, lin, tut = metrics["model"], metrics["baseline_linear"], metrics["baseline_tutorial"]
-    print(f"test RMSE {m['rmse']:.4f}  R2 {m['r2']:.4f}  noise-floor ratio {m['noise_floor_ratio']} "
-          f"(linear {lin['noise_floor_ratio']}, tutorial {tut['noise_floor_ratio']})")
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics["model"].items() if isinstance(v, float))
+    print(f"test ({schema.task}): {summary}")
+    for name, values in metrics.items():
+        if name.startswith("baseline_"):
+            print(f"  {name}: {primary} {values[primary]:.4g}")
     outcome = "is the new champion" if registry["promoted"] else f"kept champion v{registry['champion_version']}"
     print(f"registered {registry['registered_model']} v{registry['version']}: {outcome}")

@@ -28,18 +28,44 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_model(hp: HyperParams, n_features: int) -> keras.Model:
-    """Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> Dense(1)."""
+# The tutorial's output layers and losses: linear + MSE, sigmoid + binary cross-entropy,
+# softmax + categorical cross-entropy (on class indices).
+OUTPUT_ACTIVATION = {"regression": None, "binary": "sigmoid", "multiclass": "softmax"}
+LOSS = {"regression": keras.losses.MeanSquaredError, "binary": keras.losses.BinaryCrossentropy,
+        "multiclass": keras.losses.SparseCategoricalCrossentropy}
+
+
+def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_outputs: int = 1,
+                x_train: np.ndarray | None = None) -> keras.Model:
+    """[Normalization] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
+
+    With `x_train` given, the first layer standardises the features with the training split's mean
+    and standard deviation, so the exported model (and the service) take raw feature values.
+    """
     regularizer = keras.regularizers.L1L2(l1=hp.l1, l2=hp.l2) if hp.l1 or hp.l2 else None
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_features,), name="features")]
+    if x_train is not None:
+        layers.append(standardiser(x_train))
     for units in (hp.units_1, hp.units_2):
         layers.append(keras.layers.Dense(units, activation=hp.activation, kernel_regularizer=regularizer))
         if hp.dropout:
             layers.append(keras.layers.Dropout(hp.dropout))
-    layers.append(keras.layers.Dense(1, name="prediction"))
+    layers.append(keras.layers.Dense(n_outputs, activation=OUTPUT_ACTIVATION[task], name="prediction"))
     model = keras.Sequential(layers, name="mlp")
-    model.compile(optimizer=make_optimizer(hp), loss="mse")
+    model.compile(optimizer=make_optimizer(hp), loss=LOSS[task]())
     return model
+
+
+def standardiser(x_train: np.ndarray) -> keras.layers.Layer:
+    """(x - mean) / std as a fixed affine layer.
+
+    Not keras.layers.Normalization: its ONNX export (tf2onnx) turns the adapted mean and variance
+    into extra graph inputs, and the exported model then cannot be run on features alone.
+    """
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    std = x_train.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0  # a constant feature passes through shifted, not divided by zero
+    return keras.layers.Rescaling(scale=(1 / std).tolist(), offset=(-mean / std).tolist(), name="standardise")
 
 
 def make_optimizer(hp: HyperParams) -> keras.optimizers.Optimizer:
@@ -85,7 +111,7 @@ def fit(
     n_rows = int(x_train.shape[0])
     batch_size = min(hp.batch_size, n_rows)
     n_batches = math.ceil(n_rows / batch_size)
-    loss_fn = keras.losses.MeanSquaredError()
+    loss_fn = model.loss
     optimizer = model.optimizer
     variables = model.trainable_variables
 

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.artifacts import write_json
 from pipeline.config import Params
-from pipeline.data import TARGET, Splits, features_and_target, read_splits
-from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH
+from pipeline.data import Splits, features_and_target, read_splits
+from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, keras_predictor
 from pipeline.model import predict
 from pipeline.registry import CHAMPION
 
@@ -33,8 +33,8 @@ DEFAULT_COVERAGE = 0.9
 
 def parity_inputs(splits: Splits) -> np.ndarray:
     """The test set plus points far outside the training range (10x its span on each side)."""
-    x_test, _ = features_and_target(splits.test)
-    x_train, _ = features_and_target(splits.train)
+    x_test, _ = features_and_target(splits.test, splits.schema)
+    x_train, _ = features_and_target(splits.train, splits.schema)
     low, high = x_train.min(axis=0), x_train.max(axis=0)
     span = np.maximum(high - low, 1e-6)
     far = np.linspace(low - 10 * span, high + 10 * span, 201, dtype=np.float32)
@@ -59,18 +59,21 @@ def model_card(model, splits: Splits, params: Params, version, parity_gap: float
     """What the service and a reader need to know about the packaged model."""
     client = MlflowClient()
     run = client.get_run(version.run_id) if version.run_id else None
-    feature_names = [c for c in splits.train.columns if c != TARGET]
-    x_val, y_val = features_and_target(splits.val)
-    residuals = np.sort(np.abs(y_val - predict(model, x_val))[:, 0])
+    schema = splits.schema
+    interval = None
+    if schema.task == "regression":
+        x_val, y_val = features_and_target(splits.val, schema)
+        residuals = np.sort(np.abs(y_val[:, 0] - keras_predictor(model, schema.task)(x_val)))
+        interval = {"method": "split-conformal", "calibration": "validation", "default_coverage": DEFAULT_COVERAGE,
+                    "abs_residuals": [round(float(r), 8) for r in residuals]}
     return {
         "name": params.tracking.registered_model,
-        "task": "regression",
-        "target": TARGET,
+        "task": schema.task,
+        "target": schema.target,
         "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
-                     for n in feature_names],
-        "class_labels": None,
-        "interval": {"method": "split-conformal", "calibration": "validation", "default_coverage": DEFAULT_COVERAGE,
-                     "abs_residuals": [round(float(r), 8) for r in residuals]},
+                     for n in schema.features],
+        "class_labels": schema.class_labels,
+        "interval": interval,
         "metrics": json.loads(METRICS_PATH.read_text())["model"],
         "mlflow": {"run_id": version.run_id, "registered_model": version.name, "model_version": str(version.version),
                    "alias": CHAMPION},

@@ -22,11 +22,18 @@ RUN_INFO_PATH = Path("models/train_run.json")
 LEARNING_CURVE_PATH = Path("plots/learning_curve.csv")
 
 
+def model_for(hp: HyperParams, splits: Splits):
+    """The MLP for this data set: its task's output layer, features standardised on the training split."""
+    x_train, _ = features_and_target(splits.train, splits.schema)
+    return build_model(hp, x_train.shape[1], splits.schema.task, splits.schema.n_outputs, x_train=x_train)
+
+
 def train(splits: Splits, hp: HyperParams, params: Params):
     """Build the model from `hp` and fit it on train, early-stopped on validation."""
     seed_everything(params.train.seed)
-    train_xy, val_xy = features_and_target(splits.train), features_and_target(splits.val)
-    model = build_model(hp, n_features=train_xy[0].shape[1])
+    train_xy = features_and_target(splits.train, splits.schema)
+    val_xy = features_and_target(splits.val, splits.schema)
+    model = model_for(hp, splits)
     history = fit(
         model, hp, train_xy, val_xy,
         epochs=params.train.epochs, patience=params.train.patience, seed=params.train.seed,
@@ -40,13 +47,15 @@ def run_name(hp: HyperParams) -> str:
 
 def log_run(model, history: History, hp: HyperParams, params: Params, splits: Splits) -> dict:
     """One MLflow run: params, per-epoch losses, the model with its signature, provenance tags."""
-    x_example, _ = features_and_target(splits.train.head(5))
+    x_example, _ = features_and_target(splits.train.head(5), splits.schema)
     with mlflow.start_run(run_name=run_name(hp)) as run:
         mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs,
                            "patience": params.train.patience, "seed": params.train.seed})
         mlflow.set_tags({
             "stage": "train", "git_commit": tracking.git_commit(),
-            "data_sha256": file_sha256(RAW_PATH), "data_rows": str(sum(map(len, vars(splits).values()))),
+            "data_sha256": file_sha256(RAW_PATH), "task": splits.schema.task,
+            "features": ",".join(splits.schema.features),
+            "data_rows": str(len(splits.train) + len(splits.val) + len(splits.test)),
         })
         now = int(time.time() * 1000)
         metrics = [Metric("train_loss", v, now, step) for step, v in enumerate(history.train_loss, 1)]

@@ -22,12 +22,14 @@ from pipeline import tracking
 from pipeline.artifacts import file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
 from pipeline.data import RAW_PATH, Splits, features_and_target, read_splits
-from pipeline.model import build_model, fit, seed_everything
+from pipeline.model import fit, seed_everything
+from pipeline.train import model_for
 
 BEST_PARAMS_PATH = Path("models/best_params.yaml")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+CODE_FILES = ("model.py", "train.py", "tune.py")  # what a trial's result depends on
 REPORT_EVERY = 5  # epochs between pruning checks
 
 
@@ -59,15 +61,18 @@ def storage_url(params: Params) -> str:
 
 
 def study_name(params: Params) -> str:
-    """Same search settings and same data -> same study (resumed); anything else -> a new one."""
+    """Same search settings, data and training code -> same study (resumed); anything else -> a new one."""
     fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials"}),
                               "base": params.train.hyperparams.model_dump(), "split": params.split.model_dump(),
-                              "seed": params.train.seed, "data": file_sha256(RAW_PATH)}, sort_keys=True)
+                              "seed": params.train.seed, "data": file_sha256(RAW_PATH),
+                              "code": [file_sha256(Path(__file__).with_name(name)) for name in CODE_FILES]},
+                             sort_keys=True)
     return f"{params.tracking.experiment}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
 
 def make_objective(splits: Splits, params: Params):
-    train_xy, val_xy = features_and_target(splits.train), features_and_target(splits.val)
+    train_xy = features_and_target(splits.train, splits.schema)
+    val_xy = features_and_target(splits.val, splits.schema)
     cfg = params.tune
 
     def objective(trial: optuna.Trial) -> float:
@@ -82,7 +87,7 @@ def make_objective(splits: Splits, params: Params):
             trial.report(val_loss, epoch)
             return trial.should_prune()
 
-        model = build_model(hp, n_features=train_xy[0].shape[1])
+        model = model_for(hp, splits)
         history = fit(model, hp, train_xy, val_xy, epochs=cfg.epochs, patience=cfg.patience,
                       seed=params.train.seed, on_epoch=report)
         trial.set_user_attr("epochs_run", history.epochs_run)

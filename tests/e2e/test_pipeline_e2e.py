@@ -22,10 +22,12 @@ def test_repro_outputs_metrics_mlflow_and_determinism(project):
     project.run("dvc", "repro")
     root = project.path
     for out in ["data/raw.parquet", "data/split/train.parquet", "models/model.keras", "metrics/evaluate.json",
-                "plots/predictions.png", "plots/residuals.png", "plots/learning_curve.png", "plots/predictions.csv"]:
+                "plots/evaluate/predictions.png", "plots/evaluate/residuals.png", "plots/evaluate/learning_curve.png",
+                "plots/evaluate/predictions.csv"]:
         assert (root / out).stat().st_size > 0, out
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"model", "baseline_linear", "baseline_tutorial"}
+    assert set(metrics) == {"task", "model", "baseline_linear", "baseline_ridge", "baseline_tutorial"}
+    assert metrics.pop("task") == "regression"
     for scores in metrics.values():
         assert {"rmse", "mae", "r2", "noise_floor_ratio"} <= set(scores)
         assert scores["noise_floor_ratio"] >= 0.9  # no model beats the noise floor by much on fresh points
@@ -46,7 +48,7 @@ def test_repro_outputs_metrics_mlflow_and_determinism(project):
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) == run.data.metrics["epochs_run"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert "plots/predictions.png" in artifacts
+    assert "plots/predictions.png" in artifacts and "plots/residuals.png" in artifacts
     model_uri = json.loads((root / "models/train_run.json").read_text())["model_uri"]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     assert mlflow.models.get_model_info(model_uri).signature is not None

@@ -38,7 +38,8 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     worse = json.loads((root / "models/registry.json").read_text())
     assert not worse["promoted"]
     assert worse["champion_version"] == expected_champion
-    assert worse["previous_champion"]["test_rmse_rescored"] < worse["test_rmse"]
+    assert worse["metric"] == "rmse"
+    assert worse["previous_champion"]["test_value_rescored"] < worse["test_value"]
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)

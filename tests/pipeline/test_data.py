@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import generate, sample_fresh, split
+from pipeline.config import SplitConfig, load_params
+from pipeline.data import generate_line as generate, load, sample_fresh, split
+from tests.conftest import ROOT
 
-TUTORIAL = DataConfig(seed=0, n_samples=100, noise=0.1, slope=2.0, intercept=1.0, x_min=-1.0, x_max=1.0,
-                      x_spacing="linspace")
+TUTORIAL = load_params(ROOT / "params.yaml").data
 
 
 def test_generate_is_the_tutorial_line():
@@ -37,18 +37,19 @@ def test_fresh_sample_follows_the_generating_distribution():
 
 
 def test_split_fractions_seed_and_disjointness():
-    frame = generate(TUTORIAL)
+    frame, schema = load(TUTORIAL)
     cfg = SplitConfig(train=0.6, val=0.2, test=0.2, seed=3)
-    parts = split(frame, cfg)
+    parts = split(frame, schema, cfg)
     assert (len(parts.train), len(parts.val), len(parts.test)) == (60, 20, 20)
     indices = [set(p.index) for p in (parts.train, parts.val, parts.test)]
     assert not (indices[0] & indices[1] or indices[0] & indices[2] or indices[1] & indices[2])
     assert set().union(*indices) == set(frame.index)
-    again = split(frame, cfg)
+    again = split(frame, schema, cfg)
     pd.testing.assert_frame_equal(parts.test, again.test)
-    assert set(split(frame, cfg.model_copy(update={"seed": 4})).test.index) != indices[2]
+    assert set(split(frame, schema, cfg.model_copy(update={"seed": 4})).test.index) != indices[2]
 
 
 def test_split_refuses_too_few_rows():
+    frame, schema = load(TUTORIAL.model_copy(update={"n_samples": 10}))
     with pytest.raises(ValueError, match="each part needs at least 2 rows"):
-        split(generate(TUTORIAL.model_copy(update={"n_samples": 10})), SplitConfig(train=0.8, val=0.1, test=0.1, seed=0))
+        split(frame, schema, SplitConfig(train=0.8, val=0.1, test=0.1, seed=0))

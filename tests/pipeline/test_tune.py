@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
-from pipeline.data import RAW_PATH, generate, split, write_frame
+from pipeline.data import RAW_PATH, load, split, write_frame
 from pipeline.tune import BEST_PARAMS_PATH, main as tune_main, open_study, read_best_params, storage_url
 from tests.conftest import ROOT, TINY, merge
 
@@ -29,11 +29,11 @@ def run_tune(directory, monkeypatch, params):
     monkeypatch.chdir(directory)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
     monkeypatch.delenv("TUNE_STORAGE", raising=False)
-    frame = generate(params.data)
+    frame, schema = load(params.data)
     write_frame(frame, RAW_PATH)
     from pipeline.data import write_splits
 
-    write_splits(split(frame, params.split))
+    write_splits(split(frame, schema, params.split))
     tune_main(params)
     return read_best_params()
 

@@ -1,0 +1,97 @@
+"""Data sources, task inference and the bad-data errors (each names the column or row)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import SplitConfig, load_params
+from pipeline.data import DataError, features_and_target, load, prepare, split
+from tests.conftest import ROOT
+
+BASE = load_params(ROOT / "params.yaml").data
+SPLIT = SplitConfig(train=0.6, val=0.2, test=0.2, seed=0)
+
+
+def cfg(**update):
+    return BASE.model_copy(update=update)
+
+
+@pytest.mark.parametrize(("name", "task", "n_classes"), [
+    ("diabetes", "regression", None), ("breast_cancer", "binary", 2), ("iris", "multiclass", 3),
+    ("wine", "multiclass", 3), ("digits", "multiclass", 10),
+])
+def test_sklearn_sources_infer_the_task(name, task, n_classes):
+    frame, schema = load(cfg(source="sklearn", sklearn=BASE.sklearn.model_copy(update={"name": name})))
+    assert schema.task == task and len(frame) > 100
+    assert (schema.class_labels is None) == (n_classes is None)
+    if n_classes:
+        assert len(schema.class_labels) == n_classes
+    assert schema.features == [c for c in frame.columns if c != schema.target]
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_synthetic_classification_is_seeded_and_stratified(n_classes):
+    classification = BASE.classification.model_copy(update={"n_classes": n_classes})
+    config = cfg(synthetic="classification", n_samples=200, classification=classification)
+    frame, schema = load(config)
+    assert schema.task == ("binary" if n_classes == 2 else "multiclass")
+    assert schema.class_labels == list(range(n_classes))
+    pd.testing.assert_frame_equal(frame, load(config)[0])
+    parts = split(frame, schema, SPLIT)
+    overall = frame[schema.target].value_counts(normalize=True).sort_index()
+    for part in (parts.train, parts.test):
+        share = part[schema.target].value_counts(normalize=True).sort_index()
+        assert np.allclose(share, overall, atol=0.06)
+    x, y = features_and_target(parts.train, schema)
+    assert x.shape == (len(parts.train), 4) and set(np.unique(y)) == set(range(n_classes))
+
+
+def test_file_source_csv_and_parquet_with_feature_subset(tmp_path):
+    table = pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10], "b": range(10), "label": ["no", "yes"] * 5})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    table.to_parquet(tmp_path / "t.parquet")
+    for name in ("t.csv", "t.parquet"):
+        file_cfg = BASE.file.model_copy(update={"path": str(tmp_path / name), "target": "label", "features": ["b"]})
+        frame, schema = load(cfg(source="file", file=file_cfg))
+        assert schema.task == "binary" and schema.features == ["b"] and schema.class_labels == ["no", "yes"]
+        assert list(frame.columns) == ["b", "label"]
+
+
+def test_auto_task_inference():
+    x = np.arange(40.0)
+    assert prepare(pd.DataFrame({"x": x, "y": x * 0.5}), "y", None, "auto", "none")[1].task == "regression"
+    assert prepare(pd.DataFrame({"x": x, "y": x % 3}), "y", None, "auto", "none")[1].task == "multiclass"
+    assert prepare(pd.DataFrame({"x": x, "y": x % 2 == 0}), "y", None, "auto", "none")[1].task == "binary"
+    assert prepare(pd.DataFrame({"x": x, "y": x % 3}), "y", None, "regression", "none")[1].task == "regression"
+
+
+@pytest.mark.parametrize(("table", "target", "impute", "message"), [
+    ({"x": [1.0, 2.0], "y": [1.0, 2.0]}, "price", "none", "target column 'price' not found; columns are: x, y"),
+    ({"x": [1.0, "two", 3.0], "y": [1.0, 2.0, 3.0]}, "y", "none", "feature column 'x' is not numeric: row 1 holds 'two'"),
+    ({"x": [1.0, None, 3.0], "y": [1.0, 2.0, 3.0]}, "y", "none", "feature column 'x' has a missing value in row 1"),
+    ({"x": [1.0, 2.0, 3.0], "y": [1.0, None, 3.0]}, "y", "none", "target column 'y' has a missing value in row 1"),
+    ({"x": [1.0, 2.0, 3.0], "y": ["a", "a", "a"]}, "y", "none", "target column 'y' has a single class ('a')"),
+])
+def test_bad_data_names_the_column_and_row(table, target, impute, message):
+    with pytest.raises(DataError) as info:
+        prepare(pd.DataFrame(table), target, None, "auto", impute)
+    assert message in str(info.value)
+
+
+def test_imputation_fills_missing_feature_values():
+    frame, _ = prepare(pd.DataFrame({"x": [1.0, None, 3.0, 10.0], "y": [1.0, 2.0, 3.0, 4.0]}), "y", None, "auto", "median")
+    assert frame["x"].tolist() == [1.0, 3.0, 3.0, 10.0]
+
+
+def test_too_few_rows_for_the_split_is_named():
+    frame, schema = prepare(pd.DataFrame({"x": np.arange(6.0), "y": [0, 1] * 3}), "y", None, "auto", "none")
+    with pytest.raises(DataError, match="cannot be split|at least 2 rows"):
+        split(frame, schema, SPLIT)
+
+
+def test_missing_file_is_named(tmp_path):
+    file_cfg = BASE.file.model_copy(update={"path": str(tmp_path / "nope.csv")})
+    with pytest.raises(DataError, match="data.file.path: .*nope.csv does not exist"):
+        load(cfg(source="file", file=file_cfg))
