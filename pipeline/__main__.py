@@ -17,8 +17,10 @@ from pipeline.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 
 
 def _generate(params: Params) -> None:
+    from pipeline.artifacts import ensure_writable
     from pipeline.data import RAW_PATH, SCHEMA_PATH, load, write_frame
 
+    ensure_writable(RAW_PATH, SCHEMA_PATH)
     frame, schema = load(params.data)
     write_frame(frame, RAW_PATH)
     schema.write(SCHEMA_PATH)
@@ -36,10 +38,10 @@ def _split(params: Params) -> None:
     print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)} -> {SPLIT_DIR}")
 
 
-def _tune(params: Params) -> None:
+def _tune(params: Params, worker: bool = False) -> None:
     from pipeline import tune
 
-    tune.main(params)
+    tune.main(params, worker=worker)
 
 
 def _train(params: Params) -> None:
@@ -69,15 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES, help="the pipeline stage to run")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    parser.add_argument("--worker", action="store_true",
+                        help="tune only: join the search that `dvc repro` runs (same params, data and code; shared "
+                             "TUNE_STORAGE) from another process or machine and run trials until it is complete")
     args = parser.parse_args(argv)
+    if args.worker and args.stage != "tune":
+        parser.error("--worker goes with the tune stage only")
     try:
         params = load_params(args.params)
         if args.stage in ("tune", "train", "evaluate", "package"):
             from pipeline.tracking import quiet_mlflow_logs
 
             quiet_mlflow_logs()
-        STAGES[args.stage](params)
-    except (ConfigError, ValueError, ConnectionError, FileNotFoundError) as exc:
+        if args.worker:
+            _tune(params, worker=True)
+        else:
+            STAGES[args.stage](params)
+    except (ConfigError, ValueError, ConnectionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

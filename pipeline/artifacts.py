@@ -26,6 +26,19 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def ensure_writable(*paths: Path | str) -> None:
+    """Fail before any work if an output's directory cannot be written (read-only or full disk)."""
+    for path in paths:
+        directory = Path(path).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write outputs to {directory}/ ({exc.strerror})") from None
+
+
 def write_json(path: Path | str, payload: object) -> None:
     """Write JSON with sorted keys and a trailing newline, so equal content means equal bytes."""
     with atomic_path(path) as tmp:

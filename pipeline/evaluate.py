@@ -29,7 +29,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
-from pipeline.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline.artifacts import atomic_path, ensure_writable, write_json  # noqa: E402
 from pipeline.config import HyperParams, Params  # noqa: E402
 from pipeline.data import Schema, Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
 from pipeline.model import build_model, fit, predict, seed_everything  # noqa: E402
@@ -266,6 +266,7 @@ def write_plots(model: keras.Model, splits: Splits, params: Params, directory: P
 
 
 def main(params: Params) -> None:
+    ensure_writable(METRICS_PATH, REGISTRY_PATH, PLOTS_DIR / "x")
     splits = read_splits()
     schema = splits.schema
     model = keras.saving.load_model(MODEL_PATH, safe_mode=True)

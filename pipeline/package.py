@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.artifacts import write_json
+from pipeline.artifacts import ensure_writable, write_json
 from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
 from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, keras_predictor
@@ -98,10 +98,11 @@ def store_and_build(package_dir: Path, name: str) -> str:
 
 
 def main(params: Params) -> None:
+    ensure_writable(PACKAGE_DIR, BENTO_INFO_PATH)
     tracking.configure(params.tracking)
     name = json.loads(REGISTRY_PATH.read_text())["registered_model"]
     version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}")
+    model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
     splits = read_splits()
     staging = Path(tempfile.mkdtemp(prefix=".package.", dir=PACKAGE_DIR.parent))
     try:

@@ -31,7 +31,8 @@ def register_and_promote(name: str, model_uri: str, run_id: str, metric: str, va
     champion = current_champion(name)
     rescored = None
     if champion is not None and all(champion.tags.get(k) == v for k, v in compatibility.items()):
-        rescored = rescore(mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}"))
+        champion_model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
+        rescored = rescore(champion_model)
     version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id, **compatibility}).version)
     client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6g}")
     promoted = rescored is None or value <= rescored

@@ -51,7 +51,14 @@ def configure(cfg: TrackingConfig) -> str:
     if uri.startswith("sqlite:"):
         # Without this MLflow writes artifacts to ./mlruns, whose mere existence changes its default store.
         artifact_location = (Path.cwd() / ARTIFACT_DIR).resolve().as_uri()
-    experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    try:
+        experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:
+        # Another process (a tune worker) created it in the meantime; anything else fails on the next line.
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise
+        experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -12,7 +12,7 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
 from pipeline import tracking
-from pipeline.artifacts import atomic_path, file_sha256, write_json
+from pipeline.artifacts import atomic_path, ensure_writable, file_sha256, write_json
 from pipeline.config import HyperParams, Params
 from pipeline.data import RAW_PATH, Splits, features_and_target, read_splits
 from pipeline.model import History, build_model, fit, seed_everything
@@ -72,6 +72,7 @@ def log_run(model, history: History, hp: HyperParams, params: Params, splits: Sp
 
 
 def main(params: Params, hp: HyperParams | None = None) -> None:
+    ensure_writable(MODEL_PATH, RUN_INFO_PATH, LEARNING_CURVE_PATH)
     splits = read_splits()
     hp = hp or params.train.hyperparams
     tracking.configure(params.tracking)

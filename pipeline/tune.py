@@ -3,14 +3,33 @@
 The study lives in persistent storage (SQLite in the project by default) under a name derived from
 the search settings and the data, so re-running with the same inputs resumes it: finished trials
 are never redone, and the stage only tops the study up to `tune.n_trials`.
+
+Several processes or machines can share one search: point `TUNE_STORAGE` (or `tune.storage`) at a
+database server and start `python -m pipeline tune --worker` next to `dvc repro`. Every process
+takes trials until the study has exactly `tune.n_trials` finished ones (the stage's number): a
+trial is admitted only while finished + running trials are fewer, under a lock on the storage
+(PostgreSQL advisory lock; a file lock for SQLite, i.e. workers on one machine). Running trials
+send heartbeats; one whose worker died (killed, machine lost) is marked failed by the next worker
+that looks and queued again with the same hyperparameters. The stage itself runs trials too, then
+waits for the study to complete and writes the best parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import socket
 import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -19,7 +38,7 @@ import optuna
 from tqdm import tqdm
 
 from pipeline import tracking
-from pipeline.artifacts import file_sha256, write_text
+from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
 from pipeline.data import RAW_PATH, Splits, features_and_target, read_splits
 from pipeline.model import fit, seed_everything
@@ -28,7 +47,16 @@ from pipeline.train import model_for
 BEST_PARAMS_PATH = Path("models/best_params.yaml")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = optuna.trial.TrialState.RUNNING
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+TARGET_ATTR = "n_trials"  # the stage's tune.n_trials, which workers run the study up to
+WORKER_ATTR = "worker"  # host:pid of the process that ran a trial
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+HEARTBEAT_INTERVAL_S = 10  # env TUNE_HEARTBEAT_INTERVAL; a trial silent for 3 intervals counts as lost
+MAX_RETRY = 2  # a lost trial is queued again (same hyperparameters) at most this many times
+POLL_S = 1.0  # how often a process with nothing to run looks again
+JOIN_TIMEOUT_S = 600  # how long `tune --worker` waits for the stage to create the study
+LOCK_KEY = 0x74756E652D6C6F63  # PostgreSQL advisory lock id ("tune-loc")
 CODE_FILES = ("model.py", "train.py", "tune.py")  # what a trial's result depends on
 REPORT_EVERY = 5  # epochs between pruning checks
 
@@ -99,7 +127,8 @@ def make_objective(splits: Splits, params: Params):
 
 
 class MlflowTrialLogger:
-    """Optuna callback: each finished trial becomes one nested MLflow run under the search's parent."""
+    """Optuna callback: each trial (finished, or failed) becomes one nested MLflow run under the search's parent,
+    logged by whichever process ran it (a lost trial: by the process that found it lost)."""
 
     def __init__(self, parent_run_id: str, experiment_id: str):
         self.parent_run_id = parent_run_id
@@ -111,7 +140,10 @@ class MlflowTrialLogger:
                               parent_run_id=self.parent_run_id, experiment_id=self.experiment_id):
             mlflow.log_params(trial.params)
             mlflow.set_tags({"stage": "tune", "trial_number": str(trial.number), "trial_state": state,
-                             "optuna_study": study.study_name})
+                             "optuna_study": study.study_name, "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")})
+            retried = trial.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
+            if retried is not None:
+                mlflow.set_tag("retry_of_trial", str(retried))
             values = trial.intermediate_values
             if trial.value is not None:
                 mlflow.log_metric("val_loss", trial.value)
@@ -127,7 +159,7 @@ class ProgressBar:
         self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", disable=not sys.stderr.isatty())
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.bar.update(1)
+        self.bar.update(finished_trials(study) - self.bar.n)  # other workers' trials count too
         if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
             self.bar.set_postfix(best=f"{study.best_value:.5f}")
 
@@ -139,46 +171,231 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def open_study(params: Params) -> optuna.Study:
+@functools.cache
+def _lock_engine(url: str):
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Serialise the check-then-write steps that concurrent workers would race on (creating the tables,
+    the parent run, admitting a trial): a transaction-scoped advisory lock on a PostgreSQL server, a
+    file lock for a SQLite file (workers on one machine). Other databases: no lock (one process only)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        with _lock_engine(url).begin() as connection:  # released at commit, or when a killed worker's connection drops
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            yield
+    elif backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        key = hashlib.sha256(str(Path(parsed.database).resolve()).encode()).hexdigest()[:16]
+        with open(Path(tempfile.gettempdir()) / f"optuna-{key}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+def heartbeat_interval() -> int:
+    raw = os.environ.get("TUNE_HEARTBEAT_INTERVAL") or str(HEARTBEAT_INTERVAL_S)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"TUNE_HEARTBEAT_INTERVAL must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
+
+
+class LostTrials:
+    """Storage callback for a running trial whose heartbeats stopped (worker killed, machine gone): optuna has
+    just marked it failed; queue it again with the same hyperparameters and log it as a failed child run."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        self.log: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.retry(study, trial)
+        print(f"tune: trial {trial.number} lost its worker ({trial.user_attrs.get(WORKER_ATTR, 'unknown')}):"
+              " marked failed and queued again", file=sys.stderr)
+        if self.log is not None:
+            self.log(study, trial)
+
+
+def open_storage(params: Params, on_lost: LostTrials | None = None) -> optuna.storages.RDBStorage:
+    """The study database, with heartbeats for running trials."""
+    interval = heartbeat_interval()
+    url = storage_url(params)
+    with storage_lock(url), warnings.catch_warnings():  # the lock: two first workers creating the tables at once
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=3 * interval,
+                                          heartbeat_stale_trial_callback=on_lost or LostTrials())
+
+
+def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None, join: bool = False) -> optuna.Study:
+    """Create or resume the study. `join` (a worker): wait for the stage to create it, and sample with a seed
+    of its own, so that concurrent workers don't propose the same hyperparameters."""
     cfg = params.tune
-    return optuna.create_study(
-        study_name=study_name(params), storage=storage_url(params), direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.n_startup_trials,
-                                           n_warmup_steps=cfg.pruner.n_warmup_steps),
-    )
+    storage = storage or open_storage(params)
+    kwargs = {"study_name": study_name(params), "storage": storage,
+              "sampler": optuna.samplers.TPESampler(seed=None if join else cfg.seed),
+              "pruner": optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.n_startup_trials,
+                                                    n_warmup_steps=cfg.pruner.n_warmup_steps)}
+    if not join:
+        study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
+        study.set_user_attr(TARGET_ATTR, cfg.n_trials)
+        return study
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for attempt in range(sys.maxsize):
+        try:
+            return optuna.load_study(**kwargs)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise ValueError(f"tune --worker: no study {kwargs['study_name']} in {storage_url(params)} after "
+                                 f"{JOIN_TIMEOUT_S} s; the tune stage (dvc repro) creates it, and a worker needs the "
+                                 "same params, data and code to find it") from None
+            if attempt == 0:
+                print(f"tune --worker: waiting for study {kwargs['study_name']} (the tune stage creates it)",
+                      flush=True)
+            time.sleep(POLL_S)
+    raise AssertionError("unreachable")
 
 
 def parent_run_id(study: optuna.Study, params: Params) -> str:
-    """The search's MLflow parent run, created once per study and shared through its user attributes."""
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-    if run_id is None:
-        run = mlflow.start_run(run_name=f"tune {study.study_name} ({params.tune.n_trials} trials)")
-        mlflow.set_tags({"stage": "tune", "optuna_study": study.study_name})
-        mlflow.log_params({"n_trials": params.tune.n_trials, "sampler": "TPE", "pruner": "median",
-                           "tune_seed": params.tune.seed})
-        mlflow.log_dict(params.tune.space.model_dump(), "search_space.json")
-        mlflow.end_run()
-        run_id = run.info.run_id
-        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+    """The search's MLflow parent run, created once per study (under the storage lock: by whichever process comes
+    first) and shared through its user attributes."""
+    with storage_lock(storage_url(params)):
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id is None:
+            run = mlflow.start_run(run_name=f"tune {study.study_name} ({params.tune.n_trials} trials)")
+            mlflow.set_tags({"stage": "tune", "optuna_study": study.study_name})
+            mlflow.log_params({"n_trials": params.tune.n_trials, "sampler": "TPE", "pruner": "median",
+                               "tune_seed": params.tune.seed})
+            mlflow.log_dict(params.tune.space.model_dump(), "search_space.json")
+            mlflow.end_run()
+            run_id = run.info.run_id
+            study.set_user_attr(PARENT_RUN_ATTR, run_id)
     return run_id
 
 
-def tune(splits: Splits, params: Params) -> HyperParams:
-    """Run the study up to `n_trials` finished trials and return the best trial's hyperparameters."""
+class Heartbeat:
+    """Records a running trial's heartbeat every interval from a thread, so a dead worker's trial is noticed."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial):
+        self.storage, self.trial_id = storage, trial._trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.storage.get_heartbeat_interval()):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is what the grace period is for
+                print(f"tune: heartbeat of trial {self.trial_id} not recorded ({exc})", file=sys.stderr)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
+               default_target: int) -> tuple[optuna.Trial | None, Counter]:
+    """Under the storage lock: fail running trials whose heartbeats stopped (queueing them again), then take a
+    queued trial or a new one if the study has fewer finished + running trials than its target."""
+    with storage_lock(storage.url), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        optuna.storages.fail_stale_trials(study)
+        states = Counter(t.state for t in study.get_trials(deepcopy=False))
+        target = study.user_attrs.get(TARGET_ATTR, default_target)
+        if sum(states[s] for s in FINISHED) + states[RUNNING] >= target:
+            return None, states
+        trial = study.ask()  # a queued (retried) trial first, else a new one
+        storage.record_heartbeat(trial._trial_id)  # before the lock is released: a trial is never without one
+        trial.set_user_attr(WORKER_ATTR, WORKER_ID)
+    return trial, states
+
+
+def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, objective,
+              callbacks: list) -> optuna.trial.FrozenTrial | None:
+    """Run one trial with heartbeats and record its outcome; None when another process declared it lost meanwhile
+    (missed heartbeats), in which case its retry is already queued and this result is dropped."""
+
+    def still_running() -> bool:
+        return storage.get_trial(trial._trial_id).state == RUNNING
+
+    def lost() -> None:
+        print(f"tune: trial {trial.number} was declared lost by another worker (no heartbeat for "
+              f"{storage.grace_period} s) and queued again; dropping this result", file=sys.stderr)
+
+    with Heartbeat(storage, trial):
+        try:
+            outcome = {"values": objective(trial)}
+        except optuna.TrialPruned:
+            outcome = {"state": optuna.trial.TrialState.PRUNED}
+        except BaseException:
+            if not still_running():
+                return lost()
+            frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            with contextlib.suppress(Exception):
+                callbacks[0](study, frozen)
+            raise
+        try:
+            frozen = study.tell(trial, **outcome)
+        except ValueError:  # "Cannot tell a FAIL trial": declared lost between the objective and here
+            if still_running():
+                raise
+            return lost()
+    for callback in callbacks:
+        callback(study, frozen)
+    return frozen
+
+
+def run_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, objective, n_trials: int,
+               callbacks: list) -> int:
+    """Take trials until the study has its target of finished trials and none running (any number of processes may
+    do this at once); return how many this process finished. `callbacks[0]` also logs a trial that failed here."""
+    done = 0
+    while True:
+        trial, states = next_trial(study, storage, n_trials)
+        if trial is None:
+            if sum(states[s] for s in FINISHED) >= study.user_attrs.get(TARGET_ATTR, n_trials) and not states[RUNNING]:
+                return done
+            time.sleep(POLL_S)  # the last trials run elsewhere: wait, and take over any that get lost
+            continue
+        done += run_trial(study, storage, trial, objective, callbacks) is not None
+
+
+def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | None:
+    """Run the study up to `n_trials` finished trials (with any workers that joined) and return the best trial's
+    hyperparameters; a worker only runs trials and returns None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment_id = tracking.configure(params.tracking)
-    study = open_study(params)
+    on_lost = LostTrials()
+    storage = open_storage(params, on_lost)
+    study = open_study(params, storage, join=worker)
     parent = parent_run_id(study, params)
-    remaining = params.tune.n_trials - finished_trials(study)
-    if remaining > 0:
-        progress = ProgressBar(params.tune.n_trials, finished_trials(study))
-        study.optimize(
-            make_objective(splits, params), n_trials=remaining, gc_after_trial=False,
-            callbacks=[MlflowTrialLogger(parent, experiment_id), progress,
-                       optuna.study.MaxTrialsCallback(params.tune.n_trials, states=FINISHED)],
-        )
+    on_lost.log = logger = MlflowTrialLogger(parent, experiment_id)
+    target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
+    progress = ProgressBar(target, min(finished_trials(study), target))
+    try:
+        done = run_trials(study, storage, make_objective(splits, params), params.tune.n_trials, [logger, progress])
+    finally:
         progress.close()
+    if worker:
+        print(f"tune --worker: ran {done} trial(s); study {study.study_name} has {finished_trials(study)} finished")
+        return None
     best = suggest(optuna.trial.FixedTrial(study.best_params), params.tune.space, params.train.hyperparams)
     with mlflow.start_run(run_id=parent):
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
@@ -199,7 +416,11 @@ def read_best_params(path: Path = BEST_PARAMS_PATH) -> HyperParams:
     return HyperParams.model_validate(yaml.safe_load(path.read_text()))
 
 
-def main(params: Params) -> None:
+def main(params: Params, worker: bool = False) -> None:
+    if worker:  # joins the stage's study; writes no outputs
+        tune(read_splits(), params, worker=True)
+        return
+    ensure_writable(BEST_PARAMS_PATH)
     if params.tune.n_trials == 0:
         write_best_params(params.train.hyperparams)
         print("tune: n_trials = 0, using train.hyperparams as they are")

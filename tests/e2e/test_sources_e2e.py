@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import keras
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
 from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
@@ -33,19 +31,8 @@ EXPECTED = {
 }
 
 
-@pytest.fixture
-def sourced_project(tmp_path, request):
-    from tests.conftest import make_project
-
-    project = make_project(tmp_path / "project")
-    shutil.copytree(ROOT / "examples", project.path / "examples")
-    project.commit("examples")
-    return project
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_repro_for_each_source_and_task(sourced_project, case):
-    project = sourced_project
+def test_repro_for_each_source_and_task(project, case):
     project.set_params(CASES[case])
     project.run("dvc", "repro")
     root = project.path
