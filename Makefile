@@ -10,6 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
+export PYTHONPATH := $(CURDIR)
 
 .PHONY: setup run test test-fast bench ui serve container-test clean
 
@@ -36,9 +37,11 @@ test: setup
 test-fast: setup
 	pytest -m "not slow"
 
-## bench: side-by-side speed figures, printed as tables of ratios
+## bench: side-by-side figures, printed as tables: training speed, tuned quality, data sets
 bench: setup
 	python bench/train_speed.py
+	python bench/quality.py
+	python bench/datasets.py
 
 ## serve: serve the latest packaged bento on http://127.0.0.1:3000 (POST /predict, GET /metadata)
 serve: setup
