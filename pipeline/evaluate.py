@@ -75,7 +75,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, task: str) -> 
     classes = np.arange(proba.shape[1])
     y_pred = proba.argmax(axis=1)
     average = "binary" if task == "binary" else "macro"
-    proba = np.clip(proba, 1e-7, 1 - 1e-7)
+    proba = np.clip(proba, 1e-7, 1)
+    proba = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums are 1 only to ~1e-7
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),

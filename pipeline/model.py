@@ -36,11 +36,13 @@ LOSS = {"regression": keras.losses.MeanSquaredError, "binary": keras.losses.Bina
 
 
 def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_outputs: int = 1,
-                x_train: np.ndarray | None = None) -> keras.Model:
-    """[Normalization] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
+                x_train: np.ndarray | None = None, y_train: np.ndarray | None = None) -> keras.Model:
+    """[standardise] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
 
     With `x_train` given, the first layer standardises the features with the training split's mean
-    and standard deviation, so the exported model (and the service) take raw feature values.
+    and standard deviation, so the exported model (and the service) take raw feature values. With
+    `y_train` given (regression), the output is scaled back from a standardised target, so the
+    network starts at the target's mean and scale whatever its units.
     """
     regularizer = keras.regularizers.L1L2(l1=hp.l1, l2=hp.l2) if hp.l1 or hp.l2 else None
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_features,), name="features")]
@@ -51,9 +53,18 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
         if hp.dropout:
             layers.append(keras.layers.Dropout(hp.dropout))
     layers.append(keras.layers.Dense(n_outputs, activation=OUTPUT_ACTIVATION[task], name="prediction"))
+    if y_train is not None and task == "regression":
+        layers.append(unstandardiser(y_train))
     model = keras.Sequential(layers, name="mlp")
     model.compile(optimizer=make_optimizer(hp), loss=LOSS[task]())
     return model
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = values.mean(axis=0, dtype=np.float64)
+    std = values.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0  # a constant column passes through shifted, not divided by zero
+    return mean, std
 
 
 def standardiser(x_train: np.ndarray) -> keras.layers.Layer:
@@ -62,10 +73,14 @@ def standardiser(x_train: np.ndarray) -> keras.layers.Layer:
     Not keras.layers.Normalization: its ONNX export (tf2onnx) turns the adapted mean and variance
     into extra graph inputs, and the exported model then cannot be run on features alone.
     """
-    mean = x_train.mean(axis=0, dtype=np.float64)
-    std = x_train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0  # a constant feature passes through shifted, not divided by zero
+    mean, std = _mean_std(x_train)
     return keras.layers.Rescaling(scale=(1 / std).tolist(), offset=(-mean / std).tolist(), name="standardise")
+
+
+def unstandardiser(y_train: np.ndarray) -> keras.layers.Layer:
+    """z * std + mean: the network predicts a standardised target, the model answers in its units."""
+    mean, std = _mean_std(y_train)
+    return keras.layers.Rescaling(scale=std.tolist(), offset=mean.tolist(), name="target_scale")
 
 
 def make_optimizer(hp: HyperParams) -> keras.optimizers.Optimizer:

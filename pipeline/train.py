@@ -24,8 +24,8 @@ LEARNING_CURVE_PATH = Path("plots/learning_curve.csv")
 
 def model_for(hp: HyperParams, splits: Splits):
     """The MLP for this data set: its task's output layer, features standardised on the training split."""
-    x_train, _ = features_and_target(splits.train, splits.schema)
-    return build_model(hp, x_train.shape[1], splits.schema.task, splits.schema.n_outputs, x_train=x_train)
+    x_train, y_train = features_and_target(splits.train, splits.schema)
+    return build_model(hp, x_train.shape[1], splits.schema.task, splits.schema.n_outputs, x_train, y_train)
 
 
 def train(splits: Splits, hp: HyperParams, params: Params):

@@ -252,17 +252,20 @@ def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None
         study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
         study.set_user_attr(TARGET_ATTR, cfg.n_trials)
         return study
+    from sqlalchemy.engine import make_url
+
+    where = make_url(storage_url(params)).render_as_string(hide_password=True)
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     for attempt in range(sys.maxsize):
         try:
             return optuna.load_study(**kwargs)
         except KeyError:
             if time.monotonic() > deadline:
-                raise ValueError(f"tune --worker: no study {kwargs['study_name']} in {storage_url(params)} after "
-                                 f"{JOIN_TIMEOUT_S} s; the tune stage (dvc repro) creates it, and a worker needs the "
-                                 "same params, data and code to find it") from None
+                raise ValueError(f"tune --worker: no study {kwargs['study_name']} in {where} after {JOIN_TIMEOUT_S} s;"
+                                 " the tune stage (dvc repro) creates it, and a worker needs the same params, data and"
+                                 " code, and the same TUNE_STORAGE, to find it") from None
             if attempt == 0:
-                print(f"tune --worker: waiting for study {kwargs['study_name']} (the tune stage creates it)",
+                print(f"tune --worker: waiting for study {kwargs['study_name']} in {where} (the tune stage creates it)",
                       flush=True)
             time.sleep(POLL_S)
     raise AssertionError("unreachable")
@@ -366,12 +369,16 @@ def run_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, objecti
                callbacks: list) -> int:
     """Take trials until the study has its target of finished trials and none running (any number of processes may
     do this at once); return how many this process finished. `callbacks[0]` also logs a trial that failed here."""
-    done = 0
+    done, waiting_for = 0, 0
     while True:
         trial, states = next_trial(study, storage, n_trials)
         if trial is None:
             if sum(states[s] for s in FINISHED) >= study.user_attrs.get(TARGET_ATTR, n_trials) and not states[RUNNING]:
                 return done
+            if states[RUNNING] != waiting_for:
+                waiting_for = states[RUNNING]
+                print(f"tune: waiting for {waiting_for} trial(s) running elsewhere (one whose process died is run "
+                      f"again after {storage.grace_period} s without a heartbeat)", file=sys.stderr, flush=True)
             time.sleep(POLL_S)  # the last trials run elsewhere: wait, and take over any that get lost
             continue
         done += run_trial(study, storage, trial, objective, callbacks) is not None
