@@ -14,6 +14,10 @@ All three are new-style BentoML 1.4 services like service/service.py (one worker
 - EchoService   parses {"x": [[...], ...]} into a list of float rows and returns it: the
                 cost of moving a big JSON body through BentoML, with no model at all.
 
+With BENCH_TIMEOUT_FIX=1 these services get the request-timeout middleware that
+service/service.py puts in place of BentoML's own (service/http_gate.py RequestTimeout), so
+that a reference can also be measured with exactly the same BentoML stack as ours.
+
 Module import stays light (the BentoML arbiter imports it too); TensorFlow is imported
 only inside KerasService's worker.
 """
@@ -24,6 +28,18 @@ import bentoml
 from starlette.responses import Response
 
 TRAFFIC = {"timeout": 30}  # as service/service.py
+
+if os.environ.get("BENCH_TIMEOUT_FIX") == "1":
+    import sys
+    from pathlib import Path
+
+    from bentoml._internal.server.http import traffic as bentoml_traffic
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "service"))
+    from http_gate import RequestTimeout  # noqa: E402
+
+    bentoml_traffic.TimeoutMiddleware = RequestTimeout  # as service/service.py does
+
 CONSTANT_BODY = b'{"ok":true}'
 
 
