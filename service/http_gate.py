@@ -2,17 +2,29 @@
 
 What it does, and why here rather than in the API function:
 - bearer-token auth for the model endpoints (before a body is read);
+- a cap on concurrent API requests: one over it is answered at once with 503, a
+  `Retry-After` header and {"error": ...}, instead of queueing without bound. (BentoML's
+  own `traffic.max_concurrency` answers 429 with no Retry-After, from a middleware
+  outside this one, and counts /docs.json too; so it is left unset.);
 - body size limit, answered with 413 before the body is read (Content-Length) or as
   soon as a chunked upload crosses it: BentoML 1.4 itself reads any body whole;
-- only JSON bodies: BentoML would parse form/multipart bodies with other rules;
+- only JSON bodies, uncompressed: BentoML would parse form/multipart bodies with other
+  rules, and would read a gzip body as if it were plain JSON;
 - one error shape, {"error": "..."}: BentoML 1.4 answers a pydantic ValidationError with
   a `detail` list its own OpenAPI spec does not allow, and other 4xx errors as a list
   [{"error": ...}]; both are rewritten here;
 - GET /metadata: BentoML 1.4 API routes are POST-only, and the card is static;
-- /docs.json: adds what the routes above answer (GET /metadata, 401/413/415/422).
+- /docs.json: adds what the routes above answer (GET /metadata, 401/413/415/422/503/504).
 Health, metrics and docs endpoints pass untouched and need no token.
+
+`RequestTimeout` stands in for BentoML's TimeoutMiddleware (service.py swaps it in): the
+same 504 when no answer has started within traffic.timeout, but its timer is cancelled as
+soon as the request is done. BentoML 1.4's leaves a timer pending for the whole timeout
+after every request, holding that request's context (tracing span, futures): at 500
+requests/s and a 30 s timeout that is ~15,000 dead requests, ~100 MB of worker memory.
 """
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -38,6 +50,8 @@ class HttpGate:
         static_json: dict[str, bytes],
         api_token: SecretStr | None,
         max_body_bytes: int,
+        max_concurrency: int,
+        retry_after_s: int = 1,
         describe_errors: Callable[[list[dict[str, Any]]], str],
         patch_openapi: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> None:
@@ -49,6 +63,9 @@ class HttpGate:
             b"bearer " + api_token.get_secret_value().encode() if api_token is not None else None
         )
         self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_after = str(retry_after_s).encode()
+        self.in_flight = 0  # API requests between this gate and their last response byte
         self.describe_errors = describe_errors
         self.patch_openapi = patch_openapi
 
@@ -77,11 +94,35 @@ class HttpGate:
             body = self.static_json[path]
             return await send_json(send, 200, body, head_only=method == "HEAD")
 
+        if self.in_flight >= self.max_concurrency:
+            # Shed load now rather than queue: the client learns at once when to come back.
+            message = (
+                f"the service is busy: {self.max_concurrency} requests are in progress "
+                f"(SERVICE_MAX_CONCURRENCY); retry after {self.retry_after.decode()} s"
+            )
+            return await send_error(
+                send, 503, message, extra_headers=[(b"retry-after", self.retry_after)]
+            )
+        self.in_flight += 1
+        try:
+            await self._serve_api(scope, receive, send, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve_api(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
+        method = scope["method"]
         if method == "POST":
             media_type = headers.get(b"content-type", JSON_TYPE).split(b";")[0].strip().lower()
             if media_type != JSON_TYPE:
                 got = media_type.decode(errors="replace")
                 message = f"Content-Type must be application/json, got {got!r}"
+                return await send_error(send, 415, message)
+            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if encoding != b"identity":
+                got = encoding.decode(errors="replace")
+                message = f"Content-Encoding must be identity (an uncompressed body), got {got!r}"
                 return await send_error(send, 415, message)
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -189,7 +230,7 @@ class HttpGate:
 
 
 def _headers_of_interest(scope: Scope) -> dict[bytes, bytes]:
-    wanted = (b"authorization", b"content-type", b"content-length")
+    wanted = (b"authorization", b"content-type", b"content-length", b"content-encoding")
     return {name: value for name, value in scope["headers"] if name in wanted}
 
 
@@ -232,3 +273,32 @@ async def send_error(
 ) -> None:
     body = json.dumps({"error": message}).encode()
     await send_json(send, status, body, extra_headers=extra_headers)
+
+
+class RequestTimeout:
+    """504 {"error": ...} when no response has started `timeout` seconds after a request came in."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                deadline.reschedule(None)  # answering: no timeout from here on
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:  # its timer goes on exit
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if started:  # cannot happen (rescheduled), but never send a second response
+                raise
+            message = f"no answer within {self.timeout:g} s (SERVICE_REQUEST_TIMEOUT_S)"
+            await send_error(send, 504, message)

@@ -11,12 +11,27 @@ before it ever reports ready; and the request schema can be built from the card.
 HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics
 and /docs.json (OpenAPI). Every error body is {"error": "<what is wrong and what is allowed>"}.
 
-Environment (read once at start-up):
+Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_MODEL_DIR          model directory; unset: the BentoML model store
   SERVICE_INTERVAL_COVERAGE  default interval coverage, 0 < c < 1 (card's default_coverage)
-  SERVICE_MAX_ROWS           rows per request (10000)
-  SERVICE_MAX_BODY_BYTES     request body size (2 MiB)
-  SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer <token>"
+  SERVICE_MAX_ROWS           rows per request (10000); more is a 400
+  SERVICE_MAX_BODY_BYTES     request body size (2 MiB = 2097152); more is a 413, sent
+                             before the body is read
+  SERVICE_MAX_CONCURRENCY    /predict requests in progress at once, per worker process
+                             (256; `bentoml serve` runs one worker); one more is answered
+                             at once with 503, `Retry-After: 1` and {"error": ...}
+  SERVICE_REQUEST_TIMEOUT_S  seconds to start answering a request (30); later: 504
+  SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer
+                             <token>"; compared in constant time, never logged or shown
+
+Overload: /predict sheds load instead of queueing it. Past SERVICE_MAX_CONCURRENCY
+requests in progress, a request gets 503 with `Retry-After` at once; nothing else
+changes, so the service serves normally again as soon as the load drops. Health,
+metrics and docs endpoints are not counted and stay up. "In progress" means started
+and waiting on something: a body still arriving, a batch over 256 rows in its worker
+thread. A small request runs start to finish in one go, so a flood of small requests
+queues in front of the worker instead: answers slow down, none fail (600 connections
+sending single rows back to back on a 2-core machine: ~0.5 s per answer).
 """
 
 import json
@@ -31,6 +46,7 @@ from typing import Any
 import anyio.to_thread
 import bentoml
 import numpy as np
+from bentoml._internal.server.http import traffic as bentoml_traffic
 from pydantic import SecretStr, ValidationError
 from starlette.responses import JSONResponse
 
@@ -44,7 +60,7 @@ from api_models import (
     build_request_model,
     describe_validation_errors,
 )
-from http_gate import HttpGate
+from http_gate import HttpGate, RequestTimeout
 from model_bundle import ModelBundle, Outputs, StartupError
 
 MODEL_NAME = "keras-mlp"
@@ -62,6 +78,8 @@ class Settings:
     coverage: float | None
     max_rows: int
     max_body_bytes: int
+    max_concurrency: int
+    request_timeout_s: int
     api_token: SecretStr | None  # SecretStr: never shown by repr or logs
 
     @classmethod
@@ -75,6 +93,8 @@ class Settings:
             coverage=_coverage_from_env(env),
             max_rows=_positive_int_from_env(env, "SERVICE_MAX_ROWS", 10_000),
             max_body_bytes=_positive_int_from_env(env, "SERVICE_MAX_BODY_BYTES", 2 * 1024 * 1024),
+            max_concurrency=_positive_int_from_env(env, "SERVICE_MAX_CONCURRENCY", 256),
+            request_timeout_s=_positive_int_from_env(env, "SERVICE_REQUEST_TIMEOUT_S", 30),
             api_token=SecretStr(token) if token else None,
         )
 
@@ -138,7 +158,8 @@ ERROR_HINTS = {
 }
 
 
-@bentoml.service(traffic={"timeout": 30})
+# No traffic.max_concurrency here: HttpGate enforces SERVICE_MAX_CONCURRENCY (see http_gate.py).
+@bentoml.service(traffic={"timeout": SETTINGS.request_timeout_s})
 class MLPService:
     """Keras MLP predictions: split-conformal intervals (regression) or class probabilities."""
 
@@ -232,12 +253,24 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
 
     predict = spec["paths"]["/predict"]["post"]
     predict["requestBody"]["required"] = True  # BentoML leaves it optional; an empty body is a 400
+    predict["responses"].pop("404", None)  # BentoML's, for its task endpoints; never sent here
+    busy = error("Overloaded: SERVICE_MAX_CONCURRENCY requests already in progress")
+    busy["headers"] = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    }
     predict["responses"].update(
         {
             "400": error("Invalid request: the message names the field and what is allowed"),
             "413": error("Request body larger than SERVICE_MAX_BODY_BYTES"),
-            "415": error("Content-Type is not application/json"),
+            "415": error("Content-Type is not application/json, or the body is compressed"),
             "422": error("The model gave a non-finite output for these inputs"),
+            "500": error("Unexpected server error"),
+            "503": busy,
+            "504": error("Not answered within SERVICE_REQUEST_TIMEOUT_S"),
         }
     )
     metadata = {
@@ -273,12 +306,17 @@ class _DropClientValidationErrors(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientValidationErrors())
 
+# BentoML builds its middleware stack after importing this module and looks the timeout
+# middleware up by name at that point; see RequestTimeout for why it is replaced.
+bentoml_traffic.TimeoutMiddleware = RequestTimeout
+
 MLPService.add_asgi_middleware(
     HttpGate,
     api_paths=("/predict",),
     static_json={"/metadata": json.dumps(CARD.model_dump(mode="json")).encode()},
     api_token=SETTINGS.api_token,
     max_body_bytes=SETTINGS.max_body_bytes,
+    max_concurrency=SETTINGS.max_concurrency,
     describe_errors=lambda errors: describe_validation_errors(errors, ERROR_HINTS),
     patch_openapi=patch_openapi,
 )

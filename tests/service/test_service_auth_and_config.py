@@ -1,8 +1,13 @@
 """A server configured through the environment: bearer token, row/body limits, default coverage."""
 
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
+from .server import SERVICE_DIR
 from .tiny_onnx_models import ABS_RESIDUALS
 
 pytestmark = pytest.mark.slow
@@ -90,3 +95,16 @@ def test_token_never_reaches_the_log(client, server):
     client.post("/predict", json={"x": [[0.5]]}, headers=AUTH)
     client.post("/predict", json={"x": [[0.5]]}, headers={"Authorization": f"Bearer {TOKEN}-wrong"})
     assert TOKEN not in server.log()
+
+
+def test_settings_never_show_the_token(regression_dir, tmp_path):
+    probe = "import service; print(repr(service.SETTINGS)); print(service.SETTINGS)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
+    env.update(SERVICE_MODEL_DIR=str(regression_dir), SERVICE_API_TOKEN=TOKEN,
+               BENTOML_HOME=str(tmp_path), BENTOML_DO_NOT_TRACK="True")
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=SERVICE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "api_token=SecretStr('**********')" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr

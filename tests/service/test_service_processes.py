@@ -80,6 +80,8 @@ REFUSALS = [
     ("card/model feature mismatch", model_taking_two_columns, {}, ["card/model mismatch", "1 feature(s)", "2 input column(s)"]),
     ("bad row limit", None, {"SERVICE_MAX_ROWS": "many"}, ["SERVICE_MAX_ROWS must be a positive whole number"]),
     ("bad coverage", None, {"SERVICE_INTERVAL_COVERAGE": "1.5"}, ["SERVICE_INTERVAL_COVERAGE must be a number in (0, 1)"]),
+    ("bad concurrency limit", None, {"SERVICE_MAX_CONCURRENCY": "0"}, ["SERVICE_MAX_CONCURRENCY must be a positive whole number"]),
+    ("bad request timeout", None, {"SERVICE_REQUEST_TIMEOUT_S": "soon"}, ["SERVICE_REQUEST_TIMEOUT_S must be a positive whole number"]),
 ]
 
 

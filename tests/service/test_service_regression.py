@@ -171,6 +171,21 @@ def test_non_json_content_type_is_415(client, content_type):
     assert "application/json" in answer.json()["error"]
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "identity, gzip"])
+def test_compressed_body_is_415(client, encoding):
+    # BentoML would read the bytes as plain JSON whatever the Content-Encoding says.
+    answer = client.post(
+        "/predict", content=b'{"x": [[0.5]]}', headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+    )
+    assert answer.status_code == 415
+    assert "Content-Encoding must be identity" in answer.json()["error"]
+
+
+def test_identity_content_encoding_is_accepted(client):
+    headers = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+    assert client.post("/predict", content=b'{"x": [[0.5]]}', headers=headers).status_code == 200
+
+
 def test_json_content_type_with_charset_is_accepted(client):
     answer = client.post("/predict", content=b'{"x": [[0.5]]}', headers={"Content-Type": "application/json; charset=utf-8"})
     assert answer.status_code == 200
@@ -201,7 +216,12 @@ def test_openapi_spec_describes_the_real_contract(client):
     assert request["properties"]["x"]["items"]["minItems"] == 1
     assert request["properties"]["x"]["items"]["maxItems"] == 1
     assert request["oneOf"] == [{"required": ["x"]}, {"required": ["records"]}]
-    assert {"200", "400", "413", "415", "422"} <= set(predict_op["responses"])
+    assert {"200", "400", "413", "415", "422", "500", "503", "504"} <= set(predict_op["responses"])
+    assert "404" not in predict_op["responses"]  # BentoML's task-endpoint answer; never sent here
+    for status in ("400", "413", "415", "422", "500", "503", "504"):
+        body = predict_op["responses"][status]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/ErrorBody"}, status
+    assert predict_op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
     assert "401" not in predict_op["responses"]  # no token configured
     assert "get" in spec["paths"]["/metadata"]
     assert "ModelCard" in spec["components"]["schemas"]
