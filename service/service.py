@@ -48,7 +48,7 @@ import bentoml
 import numpy as np
 from bentoml._internal.server.http import traffic as bentoml_traffic
 from pydantic import SecretStr, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from api_models import (
     MAX_ABS_FEATURE_VALUE,
@@ -183,8 +183,12 @@ class MLPService:
         if not np.isfinite(outputs.values).all():
             return self._non_finite_answer(outputs)
         if IS_REGRESSION:
-            return self._regression_answer(outputs, request.coverage)
-        return self._classification_answer(outputs)
+            answer = self._regression_answer(outputs, request.coverage)
+        else:
+            answer = self._classification_answer(outputs)
+        # The same JSON BentoML would write, minus its output machinery (~40 us a request, measured
+        # by bench/serving); the OpenAPI schema still comes from the annotation.
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     def _regression_answer(self, outputs: Outputs, coverage: float) -> RegressionAnswer:
         predictions = outputs.values
