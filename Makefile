@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup run test test-fast bench ui serve container-test fuzz soak clean
+.PHONY: setup run test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
 
 ## setup: create .venv from the lock file (uv, bytecode compiled)
 setup: $(VENV)/.synced
@@ -62,6 +62,15 @@ fuzz: setup
 ## soak: 5 min of single-row load at concurrency 64 with ~2 % bad requests; pass = no unexpected status, RSS growth < 10 %
 soak: setup
 	nice -n 10 python bench/soak.py $(SOAK_ARGS)
+
+## infra-up: PostgreSQL + an MLflow tracking server on 127.0.0.1 (data in .cache/infra); prints what to export
+infra-up: setup
+	bash scripts/install-postgres.sh
+	bash scripts/infra.sh up
+
+## infra-down: stop both (their data stays in .cache/infra)
+infra-down:
+	bash scripts/infra.sh down
 
 ## service/requirements.txt: the hash-locked serving set, exported from uv.lock
 service/requirements.txt: uv.lock | $(UV)

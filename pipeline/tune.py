@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -42,6 +41,7 @@ from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
 from pipeline.data import RAW_PATH, Splits, features_and_target, read_splits
 from pipeline.model import fit, seed_everything
+from pipeline.sampling import ResumableTPESampler
 from pipeline.train import model_for
 
 BEST_PARAMS_PATH = Path("models/best_params.yaml")
@@ -182,7 +182,7 @@ def _lock_engine(url: str):
 def storage_lock(url: str) -> Iterator[None]:
     """Serialise the check-then-write steps that concurrent workers would race on (creating the tables,
     the parent run, admitting a trial): a transaction-scoped advisory lock on a PostgreSQL server, a
-    file lock for a SQLite file (workers on one machine). Other databases: no lock (one process only)."""
+    file lock on a SQLite database's directory (workers on one machine). Other databases: no lock (one process only)."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
@@ -193,13 +193,14 @@ def storage_lock(url: str) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             yield
     elif backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        key = hashlib.sha256(str(Path(parsed.database).resolve()).encode()).hexdigest()[:16]
-        with open(Path(tempfile.gettempdir()) / f"optuna-{key}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        # flock on the database's directory: no lock file to leave behind, and unlike a second descriptor on the
+        # database file itself it cannot disturb SQLite's own (POSIX) locks.
+        directory = os.open(Path(parsed.database).resolve().parent, os.O_RDONLY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(directory)  # releases the lock
     else:
         yield
 
@@ -245,7 +246,7 @@ def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None
     cfg = params.tune
     storage = storage or open_storage(params)
     kwargs = {"study_name": study_name(params), "storage": storage,
-              "sampler": optuna.samplers.TPESampler(seed=None if join else cfg.seed),
+              "sampler": optuna.samplers.TPESampler() if join else ResumableTPESampler(seed=cfg.seed),
               "pruner": optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.n_startup_trials,
                                                     n_warmup_steps=cfg.pruner.n_warmup_steps)}
     if not join:
@@ -312,13 +313,41 @@ class Heartbeat:
         self.thread.join()
 
 
+def _died_here(worker: str | None) -> bool:
+    """Whether a trial's worker was a process on this machine that no longer exists."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """What the heartbeat check does after its grace period, at once for a running trial whose process on this
+    machine is gone (a `kill -9`ed `dvc repro`, say): mark it failed and queue it again, so a re-run resumes exactly
+    where the killed one stopped."""
+    for trial in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        if not _died_here(trial.user_attrs.get(WORKER_ATTR)):
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+
+
 def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
                default_target: int) -> tuple[optuna.Trial | None, Counter]:
-    """Under the storage lock: fail running trials whose heartbeats stopped (queueing them again), then take a
-    queued trial or a new one if the study has fewer finished + running trials than its target."""
+    """Under the storage lock: fail running trials whose heartbeats stopped or whose process here is gone (queueing
+    them again), then take a queued trial or a new one if the study has fewer finished + running trials than its
+    target."""
     with storage_lock(storage.url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        fail_dead_local_trials(study, storage)
         optuna.storages.fail_stale_trials(study)
         states = Counter(t.state for t in study.get_trials(deepcopy=False))
         target = study.user_attrs.get(TARGET_ATTR, default_target)
@@ -347,11 +376,11 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
             outcome = {"values": objective(trial)}
         except optuna.TrialPruned:
             outcome = {"state": optuna.trial.TrialState.PRUNED}
-        except BaseException:
-            if not still_running():
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not still_running():  # e.g. report() on a trial failed by another
                 return lost()
-            frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # record the failure; the error itself is what matters
+                frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 callbacks[0](study, frozen)
             raise
         try:
