@@ -2,46 +2,101 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
+import psutil
 import pytest
+from mlflow.tracking import MlflowClient
 
-from tests.conftest import tool_env
+from tests.conftest import make_project, tool_env
 
 pytestmark = pytest.mark.slow
 
 
-def kill_repro_during(project, stage: str, after_s: float, *args: str) -> str:
-    """Start `dvc repro`, SIGKILL its whole process group `after_s` seconds into `stage`; return its output."""
-    process = subprocess.Popen(["dvc", "repro", *args], cwd=project.path, env=tool_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
+def stage_process(stage: str) -> psutil.Process | None:
+    for process in psutil.process_iter(["cmdline"]):
+        if (process.info["cmdline"] or [])[-3:] == ["-m", "pipeline", stage]:
+            return process
+    return None
+
+
+def kill_repro_when(project, stage: str, ready: Callable[[psutil.Process], bool], *args: str) -> None:
+    """Start `dvc repro`; once `stage` runs and `ready(its process)`, SIGKILL the whole process group."""
+    process = subprocess.Popen(["dvc", "repro", *args], cwd=project.path, env=tool_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    for line in process.stdout:
-        seen.append(line)
-        if f"Running stage '{stage}'" in line:
-            break
-        assert time.monotonic() < deadline, "".join(seen)
-    time.sleep(after_s)
-    assert process.poll() is None, f"the stage finished before it could be killed:\n{''.join(seen)}"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    return "".join(seen)
+    try:
+        while True:
+            assert process.poll() is None, f"dvc repro ended before {stage} could be killed"
+            assert time.monotonic() < deadline, f"{stage} never became ready to kill"
+            child = stage_process(stage)
+            with contextlib.suppress(psutil.Error):
+                if child is not None and ready(child):
+                    break
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def in_fit_after(seconds: float) -> Callable[[psutil.Process], bool]:
+    """True `seconds` after TensorFlow's library shows up in the process: with imports done, it is fitting."""
+    loaded_at: list[float] = []
+
+    def ready(process: psutil.Process) -> bool:
+        if not loaded_at and any("libtensorflow" in m.path for m in process.memory_maps()):
+            loaded_at.append(time.monotonic())
+        return bool(loaded_at) and time.monotonic() - loaded_at[0] > seconds
+
+    return ready
 
 
 def test_kill_during_train_then_repro_gives_the_uninterrupted_metrics(project):
-    project.set_params({"train": {"epochs": 400, "patience": 0}})
+    project.set_params({"train": {"epochs": 20000, "patience": 0}})  # tens of seconds of fitting
     project.run("dvc", "repro")
     uninterrupted = (project.path / "metrics/evaluate.json").read_bytes()
-    kill_repro_during(project, "train", 8.0, "--force", "--single-item", "train")
+    kill_repro_when(project, "train", in_fit_after(8), "--force", "--single-item", "train")
     assert "train" in project.run("dvc", "status").stdout
     project.run("dvc", "repro")
     assert (project.path / "metrics/evaluate.json").read_bytes() == uninterrupted
+
+
+def finished_trials(project) -> int:
+    db = project.path / "optuna.db"
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
+        return connection.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+
+
+def test_kill_during_tune_resumes_without_redoing_trials_and_gives_the_same_metrics(project, tmp_path):
+    search = {"tune": {"n_trials": 8, "epochs": 150, "patience": 0, "pruner": {"n_warmup_steps": 100}}}
+    reference = make_project(tmp_path / "reference", search)
+    reference.run("dvc", "repro")
+
+    project.set_params(search)
+    kill_repro_when(project, "tune", lambda _: finished_trials(project) >= 3)
+    done_before = finished_trials(project)
+    assert 3 <= done_before < 8
+    project.run("dvc", "repro")
+    assert finished_trials(project) == 8
+    client = MlflowClient(f"sqlite:///{project.path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("keras-mlp").experiment_id],
+                              filter_string="tags.stage = 'tune'")
+    done = [r for r in runs if r.data.tags.get("trial_state") in ("complete", "pruned")]
+    trial_numbers = sorted(int(r.data.tags["trial_number"]) for r in done)
+    assert len(trial_numbers) == 8 == len(set(trial_numbers))  # each finished trial logged once, none redone
+    assert sum(r.data.tags.get("trial_state") == "fail" for r in runs) <= 1  # the killed trial, if it was mid-way
+    for name in ("models/best_params.yaml", "metrics/evaluate.json"):
+        assert (project.path / name).read_bytes() == (reference.path / name).read_bytes(), name
 
 
 def closed_port() -> int:
