@@ -176,24 +176,11 @@ class HttpGate:
 
     def _normalising_errors(self, send: Send) -> Send:
         """Pass successes straight through; buffer error bodies, rewrite them as {"error": ...}."""
-        held: Message | None = None
-        chunks: list[bytes] = []
 
-        async def send_normalised(message: Message) -> None:
-            nonlocal held
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                held = message
-                return
-            if held is None or message["type"] != "http.response.body":
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            status = held["status"]
-            body = json.dumps({"error": self._error_text(status, b"".join(chunks))}).encode()
-            await send_json(send, status, body, extra_headers=_kept_headers(held["headers"]))
+        def as_error(status: int, body: bytes) -> bytes:
+            return json.dumps({"error": self._error_text(status, body)}).encode()
 
-        return send_normalised
+        return _rewriting_body(send, lambda status: status >= 400, as_error)
 
     def _error_text(self, status: int, body: bytes) -> str:
         try:
@@ -210,23 +197,10 @@ class HttpGate:
         return HTTPStatus(status).phrase
 
     def _patching_openapi(self, send: Send) -> Send:
-        held: Message | None = None
-        chunks: list[bytes] = []
+        def patched(_status: int, body: bytes) -> bytes:
+            return json.dumps(self.patch_openapi(json.loads(body))).encode()
 
-        async def send_patched(message: Message) -> None:
-            nonlocal held
-            if message["type"] == "http.response.start" and message["status"] == 200:
-                held = message
-                return
-            if held is None or message["type"] != "http.response.body":
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            spec = json.dumps(self.patch_openapi(json.loads(b"".join(chunks)))).encode()
-            await send_json(send, 200, spec, extra_headers=_kept_headers(held["headers"]))
-
-        return send_patched
+        return _rewriting_body(send, lambda status: status == 200, patched)
 
 
 def _headers_of_interest(scope: Scope) -> dict[bytes, bytes]:
@@ -302,3 +276,25 @@ class RequestTimeout:
                 raise
             message = f"no answer within {self.timeout:g} s (SERVICE_REQUEST_TIMEOUT_S)"
             await send_error(send, 504, message)
+
+
+def _rewriting_body(send: Send, applies: Callable[[int], bool], rewrite: Callable[[int, bytes], bytes]) -> Send:
+    """Wrap `send`: a response whose status `applies` is buffered whole and sent as `rewrite(status, body)`
+    (JSON, original headers kept); any other response passes straight through."""
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def rewriting_send(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and applies(message["status"]):
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        status = held["status"]
+        await send_json(send, status, rewrite(status, b"".join(chunks)), extra_headers=_kept_headers(held["headers"]))
+
+    return rewriting_send
