@@ -29,7 +29,7 @@ def plain_fit(model, x, y, seed):
 
 
 def project_fit(model, x, y, seed):
-    fit(model, TUTORIAL, (x, y), None, epochs=TUTORIAL_EPOCHS, patience=0, seed=seed)
+    fit(model, TUTORIAL, (x, y), None, epochs=TUTORIAL_EPOCHS, patience=0)
 
 
 def measure(train_fn, x, y, seed) -> tuple[float, float]:

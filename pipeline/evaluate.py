@@ -125,7 +125,7 @@ def tutorial_baseline(splits: Splits, params: Params) -> keras.Model:
     seed_everything(params.train.seed)
     train_xy = features_and_target(splits.train, splits.schema)
     model = build_model(TUTORIAL, train_xy[0].shape[1])
-    fit(model, TUTORIAL, train_xy, None, epochs=TUTORIAL_EPOCHS, patience=0, seed=params.train.seed)
+    fit(model, TUTORIAL, train_xy, None, epochs=TUTORIAL_EPOCHS, patience=0)
     return model
 
 

@@ -2,8 +2,9 @@
 
 `fit` runs each epoch as one compiled TensorFlow graph. On the tutorial's 100 points Keras'
 `model.fit` spends nearly all its time in per-step and per-epoch Python overhead (~12 ms/step);
-the maths here is the same (mini-batch gradient steps on shuffled data, the Keras optimiser and
-loss), only the overhead is gone. bench/train_speed.py measures both side by side.
+the maths here is the same (the Keras optimiser and loss, mini-batch steps in Keras' own row
+order), only the overhead is gone: both give bit-identical weights. bench/train_speed.py measures
+both side by side.
 """
 
 from __future__ import annotations
@@ -112,10 +113,9 @@ def fit(
     *,
     epochs: int,
     patience: int,
-    seed: int,
     on_epoch: EpochCallback | None = None,
 ) -> History:
-    """Mini-batch training with per-epoch shuffling; early stopping restores the best weights.
+    """Mini-batch training in `model.fit`'s row order; early stopping restores the best weights.
 
     With `val` given and `patience` > 0, training stops after `patience` epochs without a lower
     validation loss and the model gets the weights of its best epoch back. The reported training
@@ -153,11 +153,11 @@ def fit(
         def val_loss_of() -> tf.Tensor:
             return loss_fn(y_val, model(x_val, training=False))
 
-    rng = np.random.default_rng(seed)
+    order = keras_row_order(n_rows)
     history = History()
     best_loss, best_weights, waited = math.inf, None, 0
     for epoch in range(1, epochs + 1):
-        train_loss = float(run_epoch(tf.constant(rng.permutation(n_rows), dtype=tf.int32)))
+        train_loss = float(run_epoch(order))
         val_loss = float(val_loss_of()) if val is not None else None
         history.train_loss.append(train_loss)
         if val_loss is not None:
@@ -178,6 +178,22 @@ def fit(
     else:
         history.best_epoch = history.epochs_run
     return history
+
+
+def keras_row_order(n_rows: int) -> tf.Tensor:
+    """The order in which `model.fit` visits the rows in every epoch.
+
+    Keras (TensorFlow backend) shuffles with this tf.data graph and opens a new iterator per epoch.
+    Under a global seed the shuffle's op seed is fixed, so every epoch repeats the first epoch's
+    order. Drawing it once the same way (not reshuffling with another generator, and not paying for
+    an iterator per epoch) keeps the fast loop a bit-for-bit stand-in for `model.fit`;
+    tests/pipeline/test_model.py checks that.
+    """
+
+    def permutation(_):
+        return tf.random.shuffle(tf.range(n_rows, dtype=tf.int64))
+
+    return tf.cast(next(iter(tf.data.Dataset.range(1).map(permutation))), tf.int32)
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

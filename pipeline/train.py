@@ -36,7 +36,7 @@ def train(splits: Splits, hp: HyperParams, params: Params):
     model = model_for(hp, splits)
     history = fit(
         model, hp, train_xy, val_xy,
-        epochs=params.train.epochs, patience=params.train.patience, seed=params.train.seed,
+        epochs=params.train.epochs, patience=params.train.patience,
     )
     return model, history
 

@@ -117,7 +117,7 @@ def make_objective(splits: Splits, params: Params):
 
         model = model_for(hp, splits)
         history = fit(model, hp, train_xy, val_xy, epochs=cfg.epochs, patience=cfg.patience,
-                      seed=params.train.seed, on_epoch=report)
+                      on_epoch=report)
         trial.set_user_attr("epochs_run", history.epochs_run)
         if history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
             raise optuna.TrialPruned(f"validation loss {history.val_loss[-1]:.4g} at epoch {history.epochs_run}")
