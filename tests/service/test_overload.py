@@ -1,16 +1,21 @@
-"""Overload: past SERVICE_MAX_CONCURRENCY requests in progress, /predict answers 503 with
+"""Overload: past SERVICE_MAX_CONCURRENCY requests in progress, or while requests wait longer
+than SERVICE_MAX_QUEUE_DELAY_MS in the worker's event loop, /predict answers 503 with
 Retry-After at once (not a queue, not an unexpected error), and serves again when the load drops.
 A request that stalls (a client that stops sending its body) gets 504 after
 SERVICE_REQUEST_TIMEOUT_S and gives its place back.
 
 No test-only code path in the service: 10,000-row requests are slow enough (their inference
-runs in a worker thread) that a burst of them holds a limit of 2 full.
+runs in a worker thread) that a burst of them holds a limit of 2 full; hundreds of connections
+sending single rows back to back keep the event loop's lag far over a limit of 50 ms (at one
+worker's ~1,300 answers/s, 300 connections wait ~200 ms a turn), while 4 connections leave it
+at a few ms, far under the default of 250 ms.
 """
 
 import asyncio
 import json
 import socket
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -77,6 +82,8 @@ def test_spec_documents_the_503_and_its_retry_after_header(server):
     busy = spec["paths"]["/predict"]["post"]["responses"]["503"]
     assert busy["headers"]["Retry-After"]["required"] is True
     assert busy["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "SERVICE_MAX_CONCURRENCY" in busy["description"]
+    assert "SERVICE_MAX_QUEUE_DELAY_MS" in busy["description"]
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -112,3 +119,154 @@ def test_a_stalled_upload_gets_504_after_the_timeout_and_frees_its_place(server)
     # Both places are free again.
     answers = asyncio.run(burst(server.url, LIMIT))[0]
     assert [answer.status_code for answer in answers] == [200] * LIMIT
+
+
+# --- queue delay: floods of small requests ------------------------------------------------
+
+QUEUE_DELAY_MS = 50  # low, so that the flood is far over it even on a slow or busy machine
+FLOOD_CONNECTIONS = 300
+FLOOD_S = 4
+ROW = b'{"x": [[0.5]]}'
+
+
+@pytest.fixture(scope="module")
+def queue_delay_server(start_server, regression_dir):
+    return start_server(regression_dir, SERVICE_MAX_QUEUE_DELAY_MS=str(QUEUE_DELAY_MS))
+
+
+def raw_request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+async def exchange(reader, writer, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request on an open keep-alive connection: (status, headers, body)."""
+    writer.write(request)
+    status = int((await reader.readline()).split(b" ", 2)[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get(b"content-length", b"0")))
+
+
+async def flood(port: int, connections: int, seconds: float) -> tuple[list, list[int]]:
+    """`connections` clients sending single rows back to back (raw HTTP/1.1: a client library
+    would be slower than the server), and /livez + /readyz polled on a connection of their own.
+    Returns every /predict answer (status, headers, body) and the health statuses."""
+    answers, health = [], []
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = raw_request("POST", "/predict", ROW)
+        try:
+            while time.monotonic() < deadline:
+                answers.append(await asyncio.wait_for(exchange(reader, writer, request), 30))
+        finally:
+            writer.close()
+
+    async def poll_health() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        checks = [raw_request("GET", path) for path in ("/livez", "/readyz")]
+        try:
+            while time.monotonic() < deadline:
+                for check in checks:
+                    status, _, _ = await asyncio.wait_for(exchange(reader, writer, check), 30)
+                    health.append(status)
+                await asyncio.sleep(0.2)
+        finally:
+            writer.close()
+
+    await asyncio.gather(poll_health(), *(client() for _ in range(connections)))
+    return answers, health
+
+
+def test_a_flood_of_single_rows_gets_503_with_retry_after_then_the_service_recovers(queue_delay_server):
+    server = queue_delay_server
+    answers, health = asyncio.run(flood(server.port, FLOOD_CONNECTIONS, FLOOD_S))
+
+    statuses = Counter(status for status, _, _ in answers)
+    assert set(statuses) <= {200, 503}, statuses  # no 5xx but the 503, nothing dropped
+    assert statuses[503] >= 1 and statuses[200] >= 1, statuses
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers[b"retry-after"].isdigit()
+            assert headers[b"content-type"] == b"application/json"
+            error = json.loads(body)
+            assert list(error) == ["error"]
+            assert "busy" in error["error"] and "SERVICE_MAX_QUEUE_DELAY_MS" in error["error"]
+    assert health and set(health) == {200}, health  # health checks are never shed
+
+    # The load is gone: served again within a second or two, and for good.
+    began = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while client.post("/predict", json={"x": [[0.5]]}).status_code != 200:
+            assert time.monotonic() - began < 2, "still shedding 2 s after the flood"
+            time.sleep(0.02)
+        for _ in range(20):
+            assert client.post("/predict", json={"x": [[0.5]]}).json()["predictions"] == [2.0]
+
+    log = server.log()
+    assert "status=503" in log
+    assert "Traceback" not in log and "[ERROR]" not in log  # shedding is not an error
+
+
+def test_modest_load_is_never_shed_at_the_default_queue_delay(regression_server):
+    answers, health = asyncio.run(flood(regression_server.port, connections=4, seconds=3))
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses == {200: len(answers)} and len(answers) > 100, statuses
+    assert set(health) == {200}
+
+
+def test_a_bad_queue_delay_setting_stops_start_up(start_server, regression_dir):
+    server = start_server(regression_dir, wait=False, SERVICE_MAX_QUEUE_DELAY_MS="0")
+    assert server.process.wait(timeout=60) != 0
+    assert "SERVICE_MAX_QUEUE_DELAY_MS must be a positive whole number" in server.log()
+
+
+def test_the_lag_watch_sheds_a_backlog_not_a_single_stall():
+    """LagWatch on its own loop: a backlog (every turn of the loop runs several 30 ms callbacks,
+    as a flood runs many requests) turns `lagging` on; one long stall (a garbage collection, the
+    process descheduled) does not; and `lagging` is off again soon after the backlog is gone."""
+    from http_gate import LagWatch
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        watch = LagWatch(limit_ms=50)
+        watch.start()
+        seen: list[bool] = []
+
+        async def observe(seconds: float) -> None:
+            seen.clear()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                seen.append(watch.lagging)
+                await asyncio.sleep(0.005)
+
+        loop.call_soon(time.sleep, 0.3)  # one stall, six times the limit
+        await observe(0.6)
+        assert not any(seen)
+
+        backlog = True
+
+        def request() -> None:  # reschedules itself while the backlog lasts
+            time.sleep(0.03)
+            if backlog:
+                loop.call_soon(request)
+
+        for _ in range(5):
+            loop.call_soon(request)
+        await observe(1.0)
+        assert any(seen)
+        backlog = False
+        began = loop.time()
+        while watch.lagging:
+            await asyncio.sleep(0.005)
+        assert loop.time() - began < 0.5
+        await observe(0.3)
+        assert not any(seen)
+
+    asyncio.run(scenario())
