@@ -21,6 +21,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import optuna
 from tqdm import tqdm
 
@@ -48,6 +50,7 @@ BEST_PARAMS_PATH = Path("models/best_params.yaml")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = optuna.trial.TrialState.RUNNING
+SMOOTHING_EPOCHS = 10
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 TARGET_ATTR = "n_trials"  # the stage's tune.n_trials, which workers run the study up to
 WORKER_ATTR = "worker"  # host:pid of the process that ran a trial
@@ -98,6 +101,19 @@ def study_name(params: Params) -> str:
     return f"{params.tracking.experiment}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
 
+def smoothed_best(val_loss: list[float], window: int = SMOOTHING_EPOCHS) -> float:
+    """The lowest mean validation loss over `window` consecutive epochs.
+
+    On a small validation set the single best epoch is mostly luck: a trial whose loss jumps
+    around gets picked for one lucky epoch. Averaging over a window favours trials that are good
+    for a stretch of training, which is what the train stage's early stopping can reproduce.
+    """
+    if len(val_loss) <= window:
+        return float(np.mean(val_loss))
+    sums = np.convolve(val_loss, np.ones(window), mode="valid")
+    return float(sums.min() / window)
+
+
 def make_objective(splits: Splits, params: Params):
     train_xy = features_and_target(splits.train, splits.schema)
     val_xy = features_and_target(splits.val, splits.schema)
@@ -110,6 +126,8 @@ def make_objective(splits: Splits, params: Params):
         seed_everything(params.train.seed)
 
         def report(epoch: int, _train_loss: float, val_loss: float | None) -> bool:
+            if not math.isfinite(val_loss):
+                return True
             if epoch % REPORT_EVERY:  # each report is a storage write; every epoch would dominate a trial
                 return False
             trial.report(val_loss, epoch)
@@ -119,9 +137,12 @@ def make_objective(splits: Splits, params: Params):
         history = fit(model, hp, train_xy, val_xy, epochs=cfg.epochs, patience=cfg.patience,
                       on_epoch=report)
         trial.set_user_attr("epochs_run", history.epochs_run)
+        last = history.val_loss[-1]
+        if not math.isfinite(last):
+            raise optuna.TrialPruned(f"diverged: validation loss {last} at epoch {history.epochs_run}")
         if history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
-            raise optuna.TrialPruned(f"validation loss {history.val_loss[-1]:.4g} at epoch {history.epochs_run}")
-        return min(history.val_loss)
+            raise optuna.TrialPruned(f"validation loss {last:.4g} at epoch {history.epochs_run}")
+        return smoothed_best(history.val_loss)
 
     return objective
 
@@ -432,9 +453,13 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     if worker:
         print(f"tune --worker: ran {done} trial(s); study {study.study_name} has {finished_trials(study)} finished")
         return None
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
+                         " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")
     best = suggest(optuna.trial.FixedTrial(study.best_params), params.tune.space, params.train.hyperparams)
     with mlflow.start_run(run_id=parent):
-        mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
+        # Tags, not params: a resumed study with more trials can change its best, and MLflow params are write-once.
+        mlflow.set_tags({f"best_{k}": v for k, v in study.best_params.items()})
         mlflow.log_metrics({"best_val_loss": study.best_value, "best_trial": study.best_trial.number,
                             "pruned_trials": len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))})
     return best

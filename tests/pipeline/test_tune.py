@@ -16,7 +16,7 @@ from tests.conftest import ROOT, TINY, merge
 pytestmark = pytest.mark.slow
 
 SEARCH = {"tune": {"n_trials": 6, "epochs": 60, "patience": 10, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5},
-                   "space": {"optimizer": ["sgd", "adam"], "learning_rate": {"low": 0.0005, "high": 0.05, "log": True}}}}
+                   "space": {"optimizer": ["sgd", "adam"], "learning_rate": {"low": 0.00001, "high": 0.05, "log": True}}}}
 
 
 def tiny_params(override: dict | None = None):
@@ -77,6 +77,10 @@ def test_resumed_study_does_not_redo_trials_and_same_seed_same_best(tmp_path, mo
     client = MlflowClient(f"sqlite:///{tmp_path / 'a'}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("keras-mlp").experiment_id])
     assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 5
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert {k: parent.data.tags[f"best_{k}"] for k in study.best_params} == {
+        k: str(v) for k, v in study.best_params.items()}
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(study.best_value)
 
     again = run_tune(tmp_path / "b", monkeypatch, params)
     assert again == first
@@ -86,3 +90,29 @@ def test_zero_trials_uses_train_hyperparams(tmp_path, monkeypatch):
     params = tiny_params({"tune": {"n_trials": 0}})
     assert run_tune(tmp_path, monkeypatch, params) == params.train.hyperparams
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_diverging_trials_are_pruned_and_a_search_with_no_survivor_fails_clearly(tmp_path, monkeypatch):
+    # SGD at a learning rate near 10 on standardised data blows up within a few steps.
+    params = tiny_params({"tune": {"n_trials": 2, "space": {
+        "optimizer": ["sgd"], "learning_rate": {"low": 8.0, "high": 10.0}, "dropout": {"low": 0.0, "high": 0.0}}}})
+    with pytest.raises(ValueError, match=r"none of the 2 trials completed .*tune.space.learning_rate"):
+        run_tune(tmp_path, monkeypatch, params)
+    assert not BEST_PARAMS_PATH.exists()
+    trials = open_study(params).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(t.user_attrs["epochs_run"] < params.tune.epochs for t in trials)
+    runs = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
+        [mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id], "tags.trial_state = 'pruned'")
+    assert len(runs) == 2
+
+
+def test_smoothed_best_ignores_a_single_lucky_epoch():
+    from pipeline.tune import smoothed_best
+
+    steady = [1.0] * 30
+    lucky = [2.0] * 15 + [0.1] + [2.0] * 14
+    assert smoothed_best(steady, window=10) == pytest.approx(1.0)
+    assert smoothed_best(lucky, window=10) == pytest.approx(1.81)
+    assert smoothed_best(lucky, window=1) == pytest.approx(0.1)
+    assert smoothed_best([0.5, 0.7], window=10) == pytest.approx(0.6)  # shorter than the window
