@@ -51,6 +51,7 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = optuna.trial.TrialState.RUNNING
 SMOOTHING_EPOCHS = 10
+PRUNED_BECAUSE_ATTR = "pruned_because"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 TARGET_ATTR = "n_trials"  # the stage's tune.n_trials, which workers run the study up to
 WORKER_ATTR = "worker"  # host:pid of the process that ran a trial
@@ -114,6 +115,11 @@ def smoothed_best(val_loss: list[float], window: int = SMOOTHING_EPOCHS) -> floa
     return float(sums.min() / window)
 
 
+def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
+    trial.set_user_attr(PRUNED_BECAUSE_ATTR, reason)  # the trial's MLflow run carries it as a tag
+    return optuna.TrialPruned(reason)
+
+
 def make_objective(splits: Splits, params: Params):
     train_xy = features_and_target(splits.train, splits.schema)
     val_xy = features_and_target(splits.val, splits.schema)
@@ -139,9 +145,9 @@ def make_objective(splits: Splits, params: Params):
         trial.set_user_attr("epochs_run", history.epochs_run)
         last = history.val_loss[-1]
         if not math.isfinite(last):
-            raise optuna.TrialPruned(f"diverged: validation loss {last} at epoch {history.epochs_run}")
+            raise pruned(trial, f"diverged: validation loss {last} at epoch {history.epochs_run}")
         if history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
-            raise optuna.TrialPruned(f"validation loss {last:.4g} at epoch {history.epochs_run}")
+            raise pruned(trial, f"validation loss {last:.4g} at epoch {history.epochs_run} is worse than the median")
         return smoothed_best(history.val_loss)
 
     return objective
@@ -162,6 +168,8 @@ class MlflowTrialLogger:
             mlflow.log_params(trial.params)
             mlflow.set_tags({"stage": "tune", "trial_number": str(trial.number), "trial_state": state,
                              "optuna_study": study.study_name, "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")})
+            if PRUNED_BECAUSE_ATTR in trial.user_attrs:
+                mlflow.set_tag(PRUNED_BECAUSE_ATTR, trial.user_attrs[PRUNED_BECAUSE_ATTR])
             retried = trial.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
             if retried is not None:
                 mlflow.set_tag("retry_of_trial", str(retried))

@@ -105,6 +105,8 @@ def test_diverging_trials_are_pruned_and_a_search_with_no_survivor_fails_clearly
     runs = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
         [mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id], "tags.trial_state = 'pruned'")
     assert len(runs) == 2
+    reasons = [run.data.tags.get("pruned_because", "") for run in runs]
+    assert all(reason.startswith("diverged: validation loss") for reason in reasons), reasons
 
 
 def test_smoothed_best_ignores_a_single_lucky_epoch():
