@@ -74,7 +74,10 @@ def finished_trials(project) -> int:
     if not db.exists():
         return 0
     with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
-        return connection.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+        try:
+            return connection.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+        except sqlite3.OperationalError:  # polled while Optuna is still creating its tables
+            return 0
 
 
 def test_kill_during_tune_resumes_without_redoing_trials_and_gives_the_same_metrics(project, tmp_path):
