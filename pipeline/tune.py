@@ -181,6 +181,21 @@ class MlflowTrialLogger:
             mlflow.log_metric("epochs_run", trial.user_attrs.get("epochs_run", len(values)))
 
 
+    def log_missing(self, study: optuna.Study) -> int:
+        """Log the finished trials that have no run yet; returns how many.
+
+        A process killed after Optuna records a trial but before this callback logs it leaves the
+        trial without its run; the stage fills such gaps once the search is done.
+        """
+        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
+        logged = {run.data.tags.get("trial_number") for run in runs}
+        missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if str(t.number) not in logged]
+        for trial in missing:
+            self(study, trial)
+        return len(missing)
+
+
 class ProgressBar:
     """Trials done, best value so far, elapsed time; silent without a terminal (CI, dvc logs)."""
 
@@ -461,6 +476,7 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     if worker:
         print(f"tune --worker: ran {done} trial(s); study {study.study_name} has {finished_trials(study)} finished")
         return None
+    logger.log_missing(study)
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
                          " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")

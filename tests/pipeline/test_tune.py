@@ -118,3 +118,21 @@ def test_smoothed_best_ignores_a_single_lucky_epoch():
     assert smoothed_best(lucky, window=10) == pytest.approx(1.81)
     assert smoothed_best(lucky, window=1) == pytest.approx(0.1)
     assert smoothed_best([0.5, 0.7], window=10) == pytest.approx(0.6)  # shorter than the window
+
+
+def test_a_finished_trial_whose_run_was_never_logged_gets_it_on_the_next_run(tmp_path, monkeypatch):
+    """As after a kill between Optuna recording a trial and the callback logging it."""
+    params = tiny_params({"tune": {"n_trials": 3}})
+    run_tune(tmp_path, monkeypatch, params)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+
+    def trial_numbers():
+        return sorted(int(r.data.tags["trial_number"]) for r in client.search_runs([experiment_id], "tags.stage = 'tune'")
+                      if "trial_number" in r.data.tags)
+
+    lost = next(r for r in client.search_runs([experiment_id], "tags.trial_number = '1'"))
+    client.delete_run(lost.info.run_id)
+    assert trial_numbers() == [0, 2]
+    tune_main(params)  # the study is complete: no new trial, only the missing run
+    assert trial_numbers() == [0, 1, 2]
