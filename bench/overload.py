@@ -27,7 +27,6 @@ default SERVICE_MAX_QUEUE_DELAY_MS (250 ms) and are partly shed; 64 connections 
 import argparse
 import asyncio
 import json
-import math
 import sys
 import tempfile
 import time
@@ -40,37 +39,11 @@ sys.path.insert(0, str(REPO))
 from tests.service import tiny_onnx_models as models  # noqa: E402
 from tests.service.server import Server  # noqa: E402
 
+from rawhttp import percentile, read_response, request_bytes  # noqa: E402
+
 PACKAGE_DIR = REPO / "models" / "package"
 ANSWER_TIMEOUT_S = 30
 RECOVERY_LIMIT_S = 5.0
-
-
-def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\n"
-    if body:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return (head + "\r\n").encode() + body
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
-    """(status, headers, body) of one HTTP/1.1 answer with a Content-Length."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("connection closed before an answer")
-    status = int(status_line.split(b" ", 2)[1])
-    headers = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
-    return status, headers, body
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 class Flood:
@@ -103,7 +76,8 @@ class Flood:
                 )
             reader, writer = connection
             writer.write(self.request)
-            status, headers, body = await asyncio.wait_for(read_response(reader), ANSWER_TIMEOUT_S)
+            response = await asyncio.wait_for(read_response(reader), ANSWER_TIMEOUT_S)
+            status, headers, body = response.status, response.headers, response.body
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
             self.failures[type(exc).__name__] += 1
             return await close(connection), None
@@ -128,7 +102,7 @@ class Flood:
             while time.monotonic() < deadline:
                 writer.write(request_bytes("GET", "/livez"))
                 try:
-                    status, _, _ = await asyncio.wait_for(read_response(reader), ANSWER_TIMEOUT_S)
+                    status = (await asyncio.wait_for(read_response(reader), ANSWER_TIMEOUT_S)).status
                 except asyncio.TimeoutError:
                     status = "no answer"
                 self.health[status] += 1
@@ -176,7 +150,7 @@ class Flood:
         while time.monotonic() - began < RECOVERY_LIMIT_S:
             connection = await asyncio.open_connection(self.host, self.port)
             connection[1].write(self.request)
-            status, _, _ = await read_response(connection[0])
+            status = (await read_response(connection[0])).status
             await close(connection)
             if status == 200:
                 return time.monotonic() - began

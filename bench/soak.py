@@ -44,6 +44,8 @@ sys.path.insert(0, str(REPO))
 from tests.service import tiny_onnx_models as models  # noqa: E402
 from tests.service.server import Server  # noqa: E402
 
+from rawhttp import percentile, read_response, request_bytes  # noqa: E402
+
 PACKAGE_DIR = REPO / "models" / "package"
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024  # the service default (SERVICE_MAX_BODY_BYTES)
 REQUEST_TIMEOUT_S = 30
@@ -87,47 +89,6 @@ def oversize_body(limit: int) -> bytes:
     return b'{"x": [' + filler + b"[0.5]]}"
 
 
-def request_bytes(body: bytes, host: str) -> bytes:
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
-
-
-# --- a minimal HTTP/1.1 client ----------------------------------------------------------
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, connection must close); the body is read and dropped."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("connection closed before an answer")
-    status = int(status_line.split(b" ", 2)[1])
-    length, chunked, close = 0, False, False
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value:
-            chunked = True
-        elif name == b"connection" and value == b"close":
-            close = True
-    if chunked:
-        while True:
-            size = int((await reader.readline()).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif length:
-        await reader.readexactly(length)
-    return status, close
-
-
 # --- statistics -------------------------------------------------------------------------
 
 
@@ -136,13 +97,6 @@ class Window:
     requests: Counter = field(default_factory=Counter)  # kind -> count
     unexpected: Counter = field(default_factory=Counter)  # (kind, status or error) -> count
     latencies: list[float] = field(default_factory=list)  # seconds, valid requests only
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass
@@ -166,9 +120,9 @@ class Soak:
         self.n_windows = max(1, math.ceil(self.duration_s / self.window_s))
         self.windows = [Window() for _ in range(self.n_windows)]
         hostport = f"{self.host}:{self.port}"
-        self.valid_requests = [request_bytes(b, hostport) for b in self.valid]
-        self.invalid_requests = [request_bytes(b, hostport) for b in self.invalid]
-        self.oversize_request = request_bytes(self.oversize, hostport)
+        self.valid_requests = [request_bytes("POST", "/predict", b, hostport) for b in self.valid]
+        self.invalid_requests = [request_bytes("POST", "/predict", b, hostport) for b in self.invalid]
+        self.oversize_request = request_bytes("POST", "/predict", self.oversize, hostport)
 
     def pick(self, rng: random.Random) -> tuple[str, bytes]:
         roll = rng.random()
@@ -211,7 +165,8 @@ class Soak:
     @staticmethod
     async def _exchange(reader, writer) -> tuple[int, bool]:
         await writer.drain()
-        return await read_response(reader)
+        response = await read_response(reader)
+        return response.status, response.must_close
 
     @staticmethod
     async def _close(connection):

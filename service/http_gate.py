@@ -71,13 +71,14 @@ class HttpGate:
         self.max_concurrency = max_concurrency
         self.retry_after = str(retry_after_s).encode()
         self.in_flight = 0  # API requests between this gate and their last response byte
-        self.max_queue_delay_ms = max_queue_delay_ms
-        self.lag_watch = LagWatch(max_queue_delay_ms)  # started by the first API request
+        self.lag_watch = LagWatch(max_queue_delay_ms)  # started at the server's lifespan start-up
         self.describe_errors = describe_errors
         self.patch_openapi = patch_openapi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                self.lag_watch.start()
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path == "/docs.json":
@@ -106,11 +107,9 @@ class HttpGate:
             return await self._busy(
                 send, f"{self.max_concurrency} requests are in progress (SERVICE_MAX_CONCURRENCY)"
             )
-        if not self.lag_watch.started:
-            self.lag_watch.start()
         if self.lag_watch.lagging:
             return await self._busy(
-                send, f"requests wait over {self.max_queue_delay_ms} ms to be handled "
+                send, f"requests wait over {self.lag_watch.limit_ms} ms to be handled "
                 "(SERVICE_MAX_QUEUE_DELAY_MS)",
             )
         self.in_flight += 1
@@ -282,7 +281,7 @@ class LagWatch:
     CHECK_INTERVAL_S = 0.05
 
     def __init__(self, limit_ms: int | None) -> None:
-        self.limit_s = limit_ms / 1000 if limit_ms is not None else None
+        self.limit_ms = limit_ms
         self.started = False
         self.lagging = False
         self.lag_s = 0.0  # the last sample
@@ -291,8 +290,10 @@ class LagWatch:
 
     def start(self) -> None:
         """Start sampling on the running loop (no-op after the first call, or without a limit)."""
+        if self.started:
+            return
         self.started = True
-        if self.limit_s is not None:
+        if self.limit_ms is not None:
             self._loop = asyncio.get_running_loop()
             self._schedule()
 
@@ -302,7 +303,8 @@ class LagWatch:
 
     def _sample(self) -> None:
         lag = self._loop.time() - self._due
-        self.lagging = lag > self.limit_s and self.lag_s > self.limit_s
+        limit_s = self.limit_ms / 1000
+        self.lagging = lag > limit_s and self.lag_s > limit_s
         self.lag_s = lag
         self._schedule()
 
