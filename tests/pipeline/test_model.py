@@ -88,3 +88,38 @@ def test_fit_is_keras_fit_without_the_overhead():
     reference = build_model(HP, 1)
     reference.fit(x, y, epochs=15, batch_size=HP.batch_size, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(ours.get_weights(), reference.get_weights()))
+
+
+def test_fit_matches_keras_fit_with_a_standardised_target_and_l2():
+    """The loss weight (1 / target variance) and the L2 penalty enter both loops the same way."""
+    x, y = line_data(100)
+    y = y * 1000
+    hp = HP.model_copy(update={"l2": 0.01})
+    seed_everything(3)
+    ours = build_model(hp, 1, x_train=x, y_train=y)
+    fit(ours, hp, (x, y), None, epochs=15, patience=0)
+    seed_everything(3)
+    reference = build_model(hp, 1, x_train=x, y_train=y)
+    reference.fit(x, y, epochs=15, batch_size=hp.batch_size, verbose=0)
+    for a, b in zip(ours.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_does_not_depend_on_the_targets_units(optimizer):
+    """Same data in other units (x 1000): the same fit, scaled. Before the loss was weighted by the
+    target's variance, a target in the thousands made L2 ~10^6 times weaker and SGD diverge."""
+    x, y = line_data()
+    hp = HP.model_copy(update={"l2": 0.01, "optimizer": optimizer})
+
+    def fitted(target):
+        seed_everything(0)
+        model = build_model(hp, 1, x_train=x, y_train=target)
+        history = fit(model, hp, (x, target), None, epochs=60, patience=0)
+        return predict(model, x), history.train_loss
+
+    unit_pred, unit_loss = fitted(y)
+    kilo_pred, kilo_loss = fitted(y * 1000)
+    assert np.all(np.isfinite(kilo_pred))
+    np.testing.assert_allclose(kilo_pred / 1000, unit_pred, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(kilo_loss, unit_loss, rtol=1e-3)
