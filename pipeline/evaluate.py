@@ -266,6 +266,19 @@ def write_plots(model: keras.Model, splits: Splits, params: Params, directory: P
     plot_classification(truth, proba, schema, directory)
 
 
+def baseline_lines(metrics: dict[str, dict], primary: str) -> list[str]:
+    """One line per baseline, flagging those that beat the model on `primary` (lower is better):
+    on small tables a linear model often does, and the user should know it."""
+    ours = metrics["model"][primary]
+    lines = []
+    for name, values in metrics.items():
+        if name.startswith("baseline_"):
+            beats = values[primary] < ours
+            flag = f"  <- better than the model's {ours:.4g} on this test set" if beats else ""
+            lines.append(f"  {name}: {primary} {values[primary]:.4g}{flag}")
+    return lines
+
+
 def main(params: Params) -> None:
     ensure_writable(METRICS_PATH, REGISTRY_PATH, PLOTS_DIR / "x")
     splits = read_splits()
@@ -298,8 +311,6 @@ def main(params: Params) -> None:
     write_json(METRICS_PATH, metrics)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics["model"].items() if isinstance(v, float))
     print(f"test ({schema.task}): {summary}")
-    for name, values in metrics.items():
-        if name.startswith("baseline_"):
-            print(f"  {name}: {primary} {values[primary]:.4g}")
+    print("\n".join(baseline_lines(metrics, primary)))
     outcome = "is the new champion" if registry["promoted"] else f"kept champion v{registry['champion_version']}"
     print(f"registered {registry['registered_model']} v{registry['version']}: {outcome}")
