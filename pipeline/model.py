@@ -60,8 +60,9 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
     layers.append(keras.layers.Dense(n_outputs, activation=OUTPUT_ACTIVATION[task], name="prediction"))
     loss_weight = None
     if y_train is not None and task == "regression":
-        layers.append(unstandardiser(y_train))
-        loss_weight = float(1 / _mean_std(y_train)[1][0] ** 2)
+        target_scale = unstandardiser(y_train)
+        layers.append(target_scale)
+        loss_weight = 1 / target_scale.scale[0] ** 2
     model = keras.Sequential(layers, name="mlp")
     model.compile(optimizer=make_optimizer(hp), loss=LOSS[task](), loss_weights=loss_weight)
     return model
