@@ -128,12 +128,17 @@ def fit(
     *,
     epochs: int,
     patience: int,
+    min_epochs: int = 0,
     on_epoch: EpochCallback | None = None,
 ) -> History:
     """Mini-batch training in `model.fit`'s row order; early stopping restores the best weights.
 
     With `val` given and `patience` > 0, training stops after `patience` epochs without a lower
-    validation loss and the model gets the weights of its best epoch back. The reported training
+    validation loss and the model gets the weights of its best epoch back, but not before
+    `min_epochs`: a network that sits on a plateau at first (SGD with sigmoid units can stay at the
+    mean's loss for ~80 epochs) is then not stopped, and handed back, before it has started to
+    learn. Unlike Keras' `start_from_epoch`, the early epochs still compete for "best": a fast
+    optimiser whose best epoch is the 8th keeps it. The reported training
     loss of an epoch is the batch-size-weighted mean data loss over its batches, as Keras reports it
     (times the compiled loss weight; the regularisation penalty is optimised but not included).
     """
@@ -186,7 +191,7 @@ def fit(
             history.best_epoch = epoch
         else:
             waited += 1
-            if waited >= patience:
+            if waited >= patience and epoch >= min_epochs:
                 break
     if best_weights is not None:
         model.set_weights(best_weights)

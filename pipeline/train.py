@@ -37,6 +37,7 @@ def train(splits: Splits, hp: HyperParams, params: Params):
     history = fit(
         model, hp, train_xy, val_xy,
         epochs=params.train.epochs, patience=params.train.patience,
+        min_epochs=params.train.min_epochs,
     )
     return model, history
 
@@ -50,7 +51,8 @@ def log_run(model, history: History, hp: HyperParams, params: Params, splits: Sp
     x_example, _ = features_and_target(splits.train.head(5), splits.schema)
     with mlflow.start_run(run_name=run_name(hp)) as run:
         mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs,
-                           "patience": params.train.patience, "seed": params.train.seed})
+                           "patience": params.train.patience,
+                           "min_epochs": params.train.min_epochs, "seed": params.train.seed})
         mlflow.set_tags({
             "stage": "train", "git_commit": tracking.git_commit(),
             "data_sha256": file_sha256(RAW_PATH), "task": splits.schema.task,

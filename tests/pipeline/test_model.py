@@ -53,6 +53,28 @@ def test_early_stopping_restores_the_best_weights():
     assert restored == pytest.approx(min(history.val_loss), rel=1e-5)
 
 
+def test_early_stopping_waits_for_min_epochs_and_keeps_the_best_of_all():
+    """Validation on the mirrored line gets worse as the model learns the line, so the best epoch
+    is an early one: without min_epochs the run stops `patience` epochs after it; with min_epochs
+    it runs on to min_epochs and still hands back that early epoch."""
+    x, y = line_data()
+    mirrored = (x, -y)
+
+    def run(min_epochs):
+        seed_everything(2)
+        model = build_model(HP.model_copy(update={"learning_rate": 0.05}), 1)
+        history = fit(model, HP, (x, y), mirrored, epochs=200, patience=5, min_epochs=min_epochs)
+        return model, history
+
+    _, early = run(0)
+    assert early.best_epoch < 5 and early.epochs_run == early.best_epoch + 5
+    model, late = run(40)
+    assert late.epochs_run == 40 and late.best_epoch == early.best_epoch
+    assert late.val_loss[:early.epochs_run] == early.val_loss
+    restored = float(np.mean((predict(model, mirrored[0]) - mirrored[1]) ** 2))
+    assert restored == pytest.approx(min(late.val_loss), rel=1e-5)
+
+
 def test_same_seed_gives_identical_weights():
     x, y = line_data()
 
