@@ -33,7 +33,7 @@ from pipeline.artifacts import atomic_path, ensure_writable, write_json  # noqa:
 from pipeline.config import HyperParams, Params  # noqa: E402
 from pipeline.data import Schema, Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
 from pipeline.model import build_model, fit, predict, seed_everything  # noqa: E402
-from pipeline.registry import register_and_promote  # noqa: E402
+from pipeline.registry import outcome_line, register_and_promote  # noqa: E402
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, RUN_INFO_PATH  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
@@ -312,5 +312,4 @@ def main(params: Params) -> None:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics["model"].items() if isinstance(v, float))
     print(f"test ({schema.task}): {summary}")
     print("\n".join(baseline_lines(metrics, primary)))
-    outcome = "is the new champion" if registry["promoted"] else f"kept champion v{registry['champion_version']}"
-    print(f"registered {registry['registered_model']} v{registry['version']}: {outcome}")
+    print(outcome_line(registry))

@@ -48,3 +48,20 @@ def register_and_promote(name: str, model_uri: str, run_id: str, metric: str, va
         "previous_champion": None if champion is None else {"version": str(champion.version),
                                                             "test_value_rescored": rescored},
     }
+
+
+def outcome_line(result: dict) -> str:
+    """What `register_and_promote` decided and why, with the figures it compared."""
+    head = f"registered {result['registered_model']} v{result['version']}"
+    metric, ours, previous = result["metric"], result["test_value"], result["previous_champion"]
+    if previous is None:
+        return f"{head}: the first champion"
+    theirs = previous["test_value_rescored"]
+    if theirs is None:
+        return (f"{head}: the new champion (champion v{previous['version']} was trained for another task or "
+                f"other features, so it cannot be scored here)")
+    figures = f"test {metric} {ours:.4g} against champion v{previous['version']}'s {theirs:.4g} on the same test set"
+    if result["promoted"]:
+        return f"{head}: the new champion, {figures}"
+    return (f"{head}: kept champion v{result['champion_version']}, which package ships; {figures} "
+            f"(lower is better)")

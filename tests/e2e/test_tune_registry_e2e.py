@@ -34,12 +34,13 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     # A deliberately worse model: no search, a tiny learning rate, two epochs.
     project.set_params({"tune": {"n_trials": 0},
                         "train": {"epochs": 2, "hyperparams": {"learning_rate": 0.0001, "optimizer": "sgd"}}})
-    project.run("dvc", "repro")
+    out = project.run("dvc", "repro").stdout
     worse = json.loads((root / "models/registry.json").read_text())
     assert not worse["promoted"]
     assert worse["champion_version"] == expected_champion
     assert worse["metric"] == "rmse"
     assert worse["previous_champion"]["test_value_rescored"] < worse["test_value"]
+    assert f"kept champion v{expected_champion}, which package ships; test rmse" in out
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
