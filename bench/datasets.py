@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--only", help="run only the data sets whose name starts with this")
     args = parser.parse_args()
     cases = [case for case in CASES if not args.only or case[0].startswith(args.only)]
-    results: dict[str, list[tuple[int, float, dict[str, float]]]] = {}
+    results: dict[str, list[tuple[int, float, dict[str, tuple[float, tuple[float, float]]]]]] = {}
     for name, data, metric, baselines in cases:
         for seed in args.split_seeds:
             start = time.perf_counter()

@@ -118,7 +118,7 @@ class TrainConfig(_Strict):
     hyperparams: HyperParams
     epochs: int = Field(ge=1, le=100_000)
     patience: int = Field(ge=0, description="epochs without a better validation loss; 0 = no early stopping")
-    min_epochs: int = Field(ge=0, description="early stopping never stops before this epoch; epochs is still the most")
+    min_epochs: int = Field(ge=0, description="early stopping never stops before this epoch; epochs still caps the run")
     seed: int = Field(ge=0)
 
 
