@@ -1,6 +1,6 @@
 """Our tuned MLP against scikit-learn baselines on the same split, default params otherwise.
 
-    .venv/bin/python bench/datasets.py [--split-seeds 0 1 2 3 4] [--only diabetes]
+    .venv/bin/python bench/datasets.py [--split-seeds 0 1 2 3 4] [--only diabetes] [--folds 5]
 
 Goals (on the default split, split.seed 0): breast_cancer accuracy >= LogisticRegression's;
 diabetes R2 >= Ridge's; synthetic multi-class accuracy >= LogisticRegression's and
@@ -36,27 +36,28 @@ GOAL_SPLIT_SEED = 0
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def mlp_classifier(splits):
+def mlp_classifier(splits, folds: int):
     from sklearn.neural_network import MLPClassifier
 
-    from pipeline.data import features_and_target
+    from pipeline.data import development_rows, features_and_target
 
-    x, y = features_and_target(splits.train, splits.schema)
+    x, y = features_and_target(development_rows(splits, folds), splits.schema)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # defaults may not converge in 200 iterations; that is the baseline
         return MLPClassifier(random_state=0).fit(x, y[:, 0].astype(int))
 
 
-def test_predictions(model, splits, baselines: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(test targets, ours, {baseline: predictions}): values for regression, class indices otherwise."""
+def test_predictions(model, splits, baselines: list[str], folds: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(test targets, ours, {baseline: predictions}): values for regression, class indices otherwise.
+    The baselines learn from the same rows as ours (train, or train + val when cross-validated)."""
     from pipeline.data import features_and_target
     from pipeline.evaluate import keras_predictor, sklearn_baselines
 
     x, y = features_and_target(splits.test, splits.schema)
     task = splits.schema.task
-    fitted = sklearn_baselines(splits)
+    fitted = sklearn_baselines(splits, folds)
     if "sklearn_mlp" in baselines:
-        fitted["sklearn_mlp"] = mlp_classifier(splits).predict_proba
+        fitted["sklearn_mlp"] = mlp_classifier(splits, folds).predict_proba
 
     def decided(out: np.ndarray) -> np.ndarray:
         return out if task == "regression" else out.argmax(axis=1)
@@ -77,13 +78,13 @@ def difference_interval(metric: str, y: np.ndarray, ours: np.ndarray, other: np.
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def measure(data: dict, metric: str, baselines: list[str], split_seed: int):
+def measure(data: dict, metric: str, baselines: list[str], split_seed: int, folds: int):
     """(ours, {baseline: (score, 95 % interval of ours minus it)}, best hyperparameters) on one split."""
     raw = default_params()
     raw["data"].update(data)
-    raw["split"]["seed"] = split_seed
+    raw["split"].update(seed=split_seed, folds=folds)
     metrics, best, splits, model = run_pipeline(raw)
-    y, ours, others = test_predictions(model, splits, baselines)
+    y, ours, others = test_predictions(model, splits, baselines, folds)
     ours_score = score(metric, y, ours)
     assert abs(ours_score - metrics["model"][metric]) < 1e-4, "bench scoring drifted from the evaluate stage"
     scores = {b: (score(metric, y, p), difference_interval(metric, y, ours, p)) for b, p in others.items()}
@@ -94,13 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", help="run only the data sets whose name starts with this")
+    parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
+                        help="split.folds (default: params.yaml's)")
     args = parser.parse_args()
     cases = [case for case in CASES if not args.only or case[0].startswith(args.only)]
+    print(f"split.folds = {args.folds}: " + ("train on train, early-stop on val" if args.folds == 1 else
+          f"{args.folds}-fold cross-validated tuning and a bag of {args.folds}; baselines fitted on train + val"))
     results: dict[str, list[tuple[int, float, dict[str, tuple[float, tuple[float, float]]]]]] = {}
     for name, data, metric, baselines in cases:
         for seed in args.split_seeds:
             start = time.perf_counter()
-            ours, scores, best = measure(data, metric, baselines, seed)
+            ours, scores, best = measure(data, metric, baselines, seed, args.folds)
             results.setdefault(name, []).append((seed, ours, scores))
             print(f"{name} split {seed}: {metric} ours {ours:.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, (v, _) in scores.items())

@@ -35,7 +35,8 @@ def _split(params: Params) -> None:
 
     splits = split(pd.read_parquet(RAW_PATH), Schema.read(), params.split)
     write_splits(splits)
-    print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)} -> {SPLIT_DIR}")
+    folds = f", train + val in {params.split.folds} folds" if params.split.folds > 1 else ""
+    print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)}{folds} -> {SPLIT_DIR}")
 
 
 def _tune(params: Params, worker: bool = False) -> None:

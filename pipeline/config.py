@@ -91,6 +91,8 @@ class SplitConfig(_Strict):
     val: float = Field(gt=0, lt=1)
     test: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0)
+    folds: int = Field(ge=1, le=20, description="1 = train on train, stop on val; k >= 2 = k-fold cross-validation "
+                       "of train + val for tuning, and a bag of k networks")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig, SplitConfig
@@ -216,7 +216,45 @@ def split(frame: pd.DataFrame, schema: Schema, cfg: SplitConfig) -> Splits:
             f"split: {len(frame)} rows give train/val/test = {len(train)}/{len(val)}/{len(test)}; "
             "each part needs at least 2 rows (add rows or change the fractions)"
         )
-    return Splits(train.sort_index(), val.sort_index(), test.sort_index(), schema)
+    splits = Splits(train.sort_index(), val.sort_index(), test.sort_index(), schema)
+    development_folds(splits, cfg.folds, cfg.seed)  # too few rows for the folds: fail here, before anything is written
+    return splits
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of the development rows: fit on `train`, early-stop on (and calibrate with) `val`."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+
+
+def development_rows(splits: Splits, folds: int) -> pd.DataFrame:
+    """The rows a model learns from: the training split, or train + val when it is cross-validated."""
+    return splits.train if folds == 1 else pd.concat([splits.train, splits.val])
+
+
+def development_folds(splits: Splits, folds: int, seed: int) -> list[Fold]:
+    """`folds` = 1: the split's own train and validation parts. k >= 2: train and validation pooled and
+    cut into k shuffled folds (stratified by class for classification), so every development row is
+    held out exactly once."""
+    schema = splits.schema
+    if folds == 1:
+        return [Fold(features_and_target(splits.train, schema), features_and_target(splits.val, schema))]
+    pooled = development_rows(splits, folds)
+    x, y = features_and_target(pooled, schema)
+    if schema.task == "regression":
+        if len(pooled) < 2 * folds:
+            raise DataError(f"split.folds ({folds}): train + val have {len(pooled)} rows; each fold needs at least "
+                            f"2, so at most {len(pooled) // 2} folds (lower split.folds or add rows)")
+        parts = KFold(folds, shuffle=True, random_state=seed).split(x)
+    else:
+        counts = pooled[schema.target].value_counts()
+        if counts.min() < folds:
+            raise DataError(f"split.folds ({folds}): class {counts.idxmin()!r} has {counts.min()} rows in train + val; "
+                            "every fold needs one of each class (lower split.folds or add rows)")
+        parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y[:, 0])
+    return [Fold((x[fit_rows], y[fit_rows]), (x[held_out], y[held_out])) for fit_rows, held_out in parts]
 
 
 def features_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:

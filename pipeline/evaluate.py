@@ -31,8 +31,16 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from pipeline import tracking  # noqa: E402
 from pipeline.artifacts import atomic_path, ensure_writable, write_json  # noqa: E402
 from pipeline.config import HyperParams, Params  # noqa: E402
-from pipeline.data import Schema, Splits, features_and_target, read_splits, sample_fresh  # noqa: E402
-from pipeline.model import build_model, fit, predict, seed_everything  # noqa: E402
+from pipeline.data import (  # noqa: E402
+    Schema,
+    Splits,
+    development_folds,
+    development_rows,
+    features_and_target,
+    read_splits,
+    sample_fresh,
+)
+from pipeline.model import build_model, fit, members_of, predict, seed_everything  # noqa: E402
 from pipeline.registry import outcome_line, register_and_promote  # noqa: E402
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, RUN_INFO_PATH  # noqa: E402
 
@@ -107,10 +115,24 @@ def score(predictor: Predictor, splits: Splits, params: Params) -> dict[str, flo
     return metrics
 
 
-def conformal_interval(predictor: Predictor, splits: Splits, coverage: float) -> dict[str, float | None]:
-    """Split-conformal interval calibrated on validation (as the service does); its coverage on test."""
-    x_val, y_val = features_and_target(splits.val, splits.schema)
-    residuals = np.sort(np.abs(y_val[:, 0] - predictor(x_val)))
+def calibration_residuals(model: keras.Model, splits: Splits, seed: int) -> np.ndarray:
+    """Sorted |actual - prediction| on rows the networks did not learn from: the validation split for
+    one network; for a bag, each member on its own held-out fold (out-of-fold residuals, as in CV+)."""
+    members = members_of(model)
+    residuals = [np.abs(fold.val[1][:, 0] - predict(member, fold.val[0])[:, 0])
+                 for member, fold in zip(members, development_folds(splits, len(members), seed), strict=True)]
+    return np.sort(np.concatenate(residuals))
+
+
+def calibration_name(model: keras.Model) -> str:
+    n = len(members_of(model))
+    return "validation" if n == 1 else f"out-of-fold ({n} folds of train + val)"
+
+
+def conformal_interval(residuals: np.ndarray, predictor: Predictor, splits: Splits,
+                       coverage: float) -> dict[str, float | None]:
+    """The conformal half-width from sorted calibration residuals (as the service computes it) and
+    its coverage on test."""
     rank = math.ceil((len(residuals) + 1) * coverage)
     if rank > len(residuals):
         return {"interval_half_width": None, "interval_coverage_test": 1.0}
@@ -121,17 +143,18 @@ def conformal_interval(predictor: Predictor, splits: Splits, coverage: float) ->
 
 
 def tutorial_baseline(splits: Splits, params: Params) -> keras.Model:
-    """The tutorial's configuration (no feature scaling, as in the tutorial) on the same training split."""
+    """The tutorial's configuration (no feature scaling, as in the tutorial) on the rows our model learnt from."""
     seed_everything(params.train.seed)
-    train_xy = features_and_target(splits.train, splits.schema)
-    model = build_model(TUTORIAL, train_xy[0].shape[1])
-    fit(model, TUTORIAL, train_xy, None, epochs=TUTORIAL_EPOCHS, patience=0)
+    x, y = features_and_target(development_rows(splits, params.split.folds), splits.schema)
+    model = build_model(TUTORIAL, x.shape[1])
+    fit(model, TUTORIAL, (x, y), None, epochs=TUTORIAL_EPOCHS, patience=0)
     return model
 
 
-def sklearn_baselines(splits: Splits) -> dict[str, Predictor]:
-    """scikit-learn models fitted on the same training split."""
-    x, y = features_and_target(splits.train, splits.schema)
+def sklearn_baselines(splits: Splits, folds: int) -> dict[str, Predictor]:
+    """scikit-learn models fitted on the rows our model learnt from: the training split, or train +
+    val when it is cross-validated (a bag learns from both)."""
+    x, y = features_and_target(development_rows(splits, folds), splits.schema)
     if splits.schema.task == "regression":
         linear = LinearRegression().fit(x, y[:, 0])
         ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
@@ -151,9 +174,10 @@ def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, di
     predictor = keras_predictor(model, splits.schema.task)
     ours = score(predictor, splits, params)
     if splits.schema.task == "regression":
-        ours |= conformal_interval(predictor, splits, INTERVAL_COVERAGE)
+        residuals = calibration_residuals(model, splits, params.split.seed)
+        ours |= conformal_interval(residuals, predictor, splits, INTERVAL_COVERAGE)
     results = {"model": _rounded(ours)}
-    for name, baseline in sklearn_baselines(splits).items():
+    for name, baseline in sklearn_baselines(splits, params.split.folds).items():
         results[name] = _rounded(score(baseline, splits, params))
     if params.data.is_line:
         tutorial = tutorial_baseline(splits, params)
@@ -213,10 +237,16 @@ def plot_residuals(frame: pd.DataFrame, x_column: str, path: Path) -> None:
 
 
 def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
+    """Training and validation loss per epoch; for a bag, each member faintly and their mean boldly."""
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    ax.plot(curve["epoch"], curve["train_loss"], label="train")
+    members = [c.removeprefix("val_loss_") for c in curve.columns if c.startswith("val_loss_")]
+    for member in members:
+        ax.plot(curve["epoch"], curve[f"train_loss_{member}"], c="tab:blue", lw=0.7, alpha=0.35)
+        ax.plot(curve["epoch"], curve[f"val_loss_{member}"], c="tab:orange", lw=0.7, alpha=0.35)
+    mean = f" (mean of {len(members)} networks)" if members else ""
+    ax.plot(curve["epoch"], curve["train_loss"], c="tab:blue", label=f"train{mean}")
     if curve["val_loss"].notna().any():
-        ax.plot(curve["epoch"], curve["val_loss"], label="validation")
+        ax.plot(curve["epoch"], curve["val_loss"], c="tab:orange", label=f"validation{mean}")
     ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="Learning curves")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -37,7 +37,8 @@ LOSS = {"regression": keras.losses.MeanSquaredError, "binary": keras.losses.Bina
 
 
 def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_outputs: int = 1,
-                x_train: np.ndarray | None = None, y_train: np.ndarray | None = None) -> keras.Model:
+                x_train: np.ndarray | None = None, y_train: np.ndarray | None = None,
+                name: str = "mlp") -> keras.Model:
     """[standardise] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
 
     With `x_train` given, the first layer standardises the features with the training split's mean
@@ -63,9 +64,30 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
         target_scale = unstandardiser(y_train)
         layers.append(target_scale)
         loss_weight = 1 / target_scale.scale[0] ** 2
-    model = keras.Sequential(layers, name="mlp")
+    model = keras.Sequential(layers, name=name)
     model.compile(optimizer=make_optimizer(hp), loss=LOSS[task](), loss_weights=loss_weight)
     return model
+
+
+MEMBER_PREFIX = "member_"
+
+
+def member_name(index: int) -> str:
+    return f"{MEMBER_PREFIX}{index + 1}"
+
+
+def average(members: list[keras.Model]) -> keras.Model:
+    """A bag: one model whose output is the mean of its members' outputs (values or class
+    probabilities). It saves, loads, registers and exports to ONNX like a single network."""
+    features = keras.Input(shape=members[0].input_shape[1:], name="features")
+    mean = keras.layers.Average(name="mean")([member(features) for member in members])
+    return keras.Model(features, mean, name="bag")
+
+
+def members_of(model: keras.Model) -> list[keras.Model]:
+    """The networks of a bag, in fold order; a single network is its own one member."""
+    members = [layer for layer in model.layers if layer.name.startswith(MEMBER_PREFIX)]
+    return sorted(members, key=lambda m: int(m.name.removeprefix(MEMBER_PREFIX))) or [model]
 
 
 def weighted_loss(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

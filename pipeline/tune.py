@@ -41,10 +41,9 @@ from tqdm import tqdm
 from pipeline import tracking
 from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
-from pipeline.data import RAW_PATH, Splits, features_and_target, read_splits
-from pipeline.model import fit, seed_everything
+from pipeline.data import RAW_PATH, Splits, development_folds, read_splits
 from pipeline.sampling import ResumableTPESampler
-from pipeline.train import model_for
+from pipeline.train import fit_fold
 
 BEST_PARAMS_PATH = Path("models/best_params.yaml")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -121,15 +120,14 @@ def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 
 
 def make_objective(splits: Splits, params: Params):
-    train_xy = features_and_target(splits.train, splits.schema)
-    val_xy = features_and_target(splits.val, splits.schema)
+    folds = development_folds(splits, params.split.folds, params.split.seed)
     cfg = params.tune
 
     def objective(trial: optuna.Trial) -> float:
+        """The mean over the folds of each network's smoothed best validation loss. The median pruner
+        watches the first fold only: a trial it would stop there is not worth k fits."""
         hp = suggest(trial, cfg.space, params.train.hyperparams)
         keras.backend.clear_session()
-        # Every trial starts from the train stage's seed, so the winner retrains to the same model.
-        seed_everything(params.train.seed)
 
         def report(epoch: int, _train_loss: float, val_loss: float | None) -> bool:
             if not math.isfinite(val_loss):
@@ -139,16 +137,20 @@ def make_objective(splits: Splits, params: Params):
             trial.report(val_loss, epoch)
             return trial.should_prune()
 
-        model = model_for(hp, splits)
-        history = fit(model, hp, train_xy, val_xy, epochs=cfg.epochs, patience=cfg.patience,
-                      on_epoch=report)
-        trial.set_user_attr("epochs_run", history.epochs_run)
-        last = history.val_loss[-1]
-        if not math.isfinite(last):
-            raise pruned(trial, f"diverged: validation loss {last} at epoch {history.epochs_run}")
-        if history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
-            raise pruned(trial, f"validation loss {last:.4g} at epoch {history.epochs_run} is worse than the median")
-        return smoothed_best(history.val_loss)
+        losses, epochs_run = [], 0
+        for index, fold in enumerate(folds):
+            _, history = fit_fold(hp, fold, splits.schema, index, params, epochs=cfg.epochs, patience=cfg.patience,
+                                  on_epoch=report if index == 0 else None)
+            epochs_run += history.epochs_run
+            trial.set_user_attr("epochs_run", epochs_run)
+            last = history.val_loss[-1]
+            if not math.isfinite(last):
+                raise pruned(trial, f"diverged: validation loss {last} at epoch {history.epochs_run}"
+                                    + (f" of fold {index + 1}" if len(folds) > 1 else ""))
+            if index == 0 and history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
+                raise pruned(trial, f"validation loss {last:.4g} at epoch {history.epochs_run} is worse than the median")
+            losses.append(smoothed_best(history.val_loss))
+        return float(np.mean(losses))
 
     return objective
 

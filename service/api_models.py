@@ -122,7 +122,7 @@ class FeatureSpec(OpenAPIModel):
 class IntervalSpec(OpenAPIModel):
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["split-conformal"]
+    method: Literal["split-conformal", "cross-conformal"]
     calibration: str = "validation"
     default_coverage: Coverage = 0.9
     abs_residuals: list[Annotated[FiniteFloat, Field(ge=0)]] = Field(
@@ -300,7 +300,7 @@ def _list_getter(*attributes: str) -> Callable[[Any], list[float]]:
 
 
 class PredictionInterval(OpenAPIModel):
-    method: str = Field(description="Always 'split-conformal'.")
+    method: str = Field(description="'split-conformal' (calibrated on validation) or 'cross-conformal' (out-of-fold residuals of a bag).")
     coverage: float = Field(description="Target coverage used for these intervals.")
     bounded: bool = Field(
         description="False when the calibration set is too small for this coverage: "

@@ -175,7 +175,7 @@ ERROR_HINTS = {
 # No traffic.max_concurrency here: HttpGate enforces SERVICE_MAX_CONCURRENCY (see http_gate.py).
 @bentoml.service(traffic={"timeout": SETTINGS.request_timeout_s})
 class MLPService:
-    """Keras MLP predictions: split-conformal intervals (regression) or class probabilities."""
+    """Keras MLP predictions: conformal intervals (regression) or class probabilities."""
 
     if SETTINGS.model_dir is None:
         # Declared only when it is what we load: `bentoml serve` resolves every declared
@@ -210,7 +210,7 @@ class MLPService:
         if half_width is None:
             n = len(CARD.interval.abs_residuals)
             interval = PredictionInterval.model_construct(
-                method="split-conformal", coverage=coverage, bounded=False,
+                method=CARD.interval.method, coverage=coverage, bounded=False,
                 half_width=None, lower=None, upper=None,
                 note=(
                     f"{n} calibration residuals give no finite interval at coverage {coverage}: "
@@ -220,7 +220,7 @@ class MLPService:
             )
         else:
             interval = PredictionInterval.model_construct(
-                method="split-conformal", coverage=coverage, bounded=True,
+                method=CARD.interval.method, coverage=coverage, bounded=True,
                 half_width=half_width,
                 lower=(predictions - half_width).tolist(),
                 upper=(predictions + half_width).tolist(),

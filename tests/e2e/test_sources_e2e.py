@@ -14,12 +14,13 @@ from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
 
-CASES = {
-    "file-regression": {"data": {"source": "file", "file": {"path": "examples/line.csv", "target": "y"}}},
-    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}},
+CASES = {  # two cases with a bag of 3 networks (split.folds), two with one network
+    "file-regression": {"data": {"source": "file", "file": {"path": "examples/line.csv", "target": "y"}},
+                        "split": {"folds": 3}},
+    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 3}},
     "synthetic-binary": {"data": {"synthetic": "classification", "n_samples": 150,
-                                  "classification": {"n_classes": 2}}},
-    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}},
+                                  "classification": {"n_classes": 2}}, "split": {"folds": 1}},
+    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1}},
 }
 EXPECTED = {
     "file-regression": ("regression", {"rmse", "mae", "r2", "interval_coverage_test"}, {"baseline_linear", "baseline_ridge"}),
@@ -44,8 +45,18 @@ def test_repro_for_each_source_and_task(project, case):
     card = json.loads((root / "models/package/card.json").read_text())
     assert card["task"] == task and card["onnx_parity_max_abs_diff"] <= 1e-5
     plots = {p.name for p in (root / "plots/evaluate").iterdir()}
+    folds = CASES[case]["split"]["folds"]
+    model = keras.saving.load_model(root / "models/model.keras", safe_mode=True)
+    assert len([layer for layer in model.layers if layer.name.startswith("member_")]) == (folds if folds > 1 else 0)
+    curve = pd.read_csv(root / "plots/learning_curve.csv")
+    assert {"epoch", "train_loss", "val_loss"} <= set(curve.columns)
+    assert (f"val_loss_{folds}" in curve.columns) == (folds > 1)
     if task == "regression":
         assert {"predictions.png", "residuals.png", "predictions.csv"} <= plots and card["interval"]
+        development = sum(len(pd.read_parquet(root / f"data/split/{part}.parquet")) for part in ("train", "val"))
+        assert card["interval"]["method"] == "cross-conformal"
+        assert card["interval"]["calibration"] == "out-of-fold (3 folds of train + val)"
+        assert len(card["interval"]["abs_residuals"]) == development  # every development row, held out once
     else:
         assert {"confusion_matrix.png", "roc_pr_curves.png", "confusion.csv"} <= plots and card["interval"] is None
         assert metrics["model"]["accuracy"] > metrics["baseline_majority"]["accuracy"]
@@ -53,8 +64,27 @@ def test_repro_for_each_source_and_task(project, case):
         edited = pd.read_csv(root / "examples/line.csv").iloc[:-5]
         edited.to_csv(root / "examples/line.csv", index=False)
         assert "generate" in project.run("dvc", "status").stdout  # the user's file is a dependency
+    if case == "file-regression":
+        check_served_bag_interval(root, card)
     if case == "synthetic-multiclass":
         check_served_classifier(root, card)
+
+
+def check_served_bag_interval(root, card):
+    """A bag serves the Keras bag's predictions, with the cross-conformal interval from its card."""
+    model = keras.saving.load_model(root / "models/model.keras", safe_mode=True)
+    x = [[-0.5], [0.25]]
+    server = Server(root / "models/package", root.parent / "serve.log", root.parent / "bentoml_home")
+    server.start().wait_ready()
+    try:
+        answer = httpx.post(f"{server.url}/predict", json={"x": x}, timeout=30).json()
+    finally:
+        server.stop()
+    np.testing.assert_allclose(answer["predictions"], np.asarray(model(np.float32(x)))[:, 0], atol=1e-5)
+    residuals = card["interval"]["abs_residuals"]
+    rank = int(np.ceil((len(residuals) + 1) * 0.9))
+    assert answer["interval"]["method"] == "cross-conformal"
+    assert answer["interval"]["half_width"] == pytest.approx(residuals[rank - 1])
 
 
 def check_served_classifier(root, card):

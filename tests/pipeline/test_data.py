@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import SplitConfig, load_params
-from pipeline.data import generate_line as generate, load, sample_fresh, split
+from pipeline.data import development_folds, development_rows, features_and_target, load, sample_fresh, split
+from pipeline.data import generate_line as generate
 from tests.conftest import ROOT
 
 TUTORIAL = load_params(ROOT / "params.yaml").data
@@ -38,7 +39,7 @@ def test_fresh_sample_follows_the_generating_distribution():
 
 def test_split_fractions_seed_and_disjointness():
     frame, schema = load(TUTORIAL)
-    cfg = SplitConfig(train=0.6, val=0.2, test=0.2, seed=3)
+    cfg = SplitConfig(train=0.6, val=0.2, test=0.2, seed=3, folds=1)
     parts = split(frame, schema, cfg)
     assert (len(parts.train), len(parts.val), len(parts.test)) == (60, 20, 20)
     indices = [set(p.index) for p in (parts.train, parts.val, parts.test)]
@@ -52,4 +53,55 @@ def test_split_fractions_seed_and_disjointness():
 def test_split_refuses_too_few_rows():
     frame, schema = load(TUTORIAL.model_copy(update={"n_samples": 10}))
     with pytest.raises(ValueError, match="each part needs at least 2 rows"):
-        split(frame, schema, SplitConfig(train=0.8, val=0.1, test=0.1, seed=0))
+        split(frame, schema, SplitConfig(train=0.8, val=0.1, test=0.1, seed=0, folds=1))
+
+
+def _classification(n_samples=120, n_classes=3):
+    data = TUTORIAL.model_copy(update={"synthetic": "classification", "n_samples": n_samples,
+                                       "classification": TUTORIAL.classification.model_copy(
+                                           update={"n_classes": n_classes})})
+    return load(data)
+
+
+def test_one_fold_is_the_split_as_it_is():
+    frame, schema = load(TUTORIAL)
+    parts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=1))
+    (fold,) = development_folds(parts, 1, seed=0)
+    np.testing.assert_array_equal(fold.train[0][:, 0], parts.train["x"].to_numpy(np.float32))
+    np.testing.assert_array_equal(fold.val[1][:, 0], parts.val["y"].to_numpy(np.float32))
+    assert development_rows(parts, 1) is parts.train
+
+
+def test_folds_pool_train_and_val_and_hold_out_every_row_once_stratified():
+    frame, schema = _classification()
+    parts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=4))
+    pooled = development_rows(parts, 4)
+    assert len(pooled) == len(parts.train) + len(parts.val) == 96
+    folds = development_folds(parts, 4, seed=0)
+    held_out = np.concatenate([fold.val[0] for fold in folds])
+    # every development row is held out exactly once, and never also fitted on in the same fold
+    assert sorted(map(tuple, held_out)) == sorted(map(tuple, pooled[schema.features].to_numpy(np.float32)))
+    for fold in folds:
+        assert len(fold.train[0]) + len(fold.val[0]) == 96
+        assert not set(map(tuple, fold.train[0])) & set(map(tuple, fold.val[0]))
+        # stratified: each held-out fold has each class in (nearly) the pooled proportions
+        counts = np.bincount(fold.val[1][:, 0].astype(int), minlength=3)
+        pooled_counts = np.bincount(features_and_target(pooled, schema)[1][:, 0].astype(int), minlength=3)
+        assert np.all(np.abs(counts - pooled_counts / 4) <= 1)
+    again = development_folds(parts, 4, seed=0)
+    np.testing.assert_array_equal(again[2].val[0], folds[2].val[0])
+    assert not np.array_equal(development_folds(parts, 4, seed=1)[2].val[0], folds[2].val[0])
+
+
+def test_split_refuses_more_folds_than_a_class_has_rows():
+    frame, schema = _classification(n_samples=40, n_classes=2)
+    counts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=1))
+    smallest = int(development_rows(counts, 2)[schema.target].value_counts().min())
+    with pytest.raises(ValueError, match=rf"split.folds \({smallest + 1}\): class .* has {smallest} rows in train \+ val"):
+        split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=smallest + 1))
+
+
+def test_split_refuses_folds_of_fewer_than_two_rows():
+    frame, schema = load(TUTORIAL.model_copy(update={"n_samples": 20}))
+    with pytest.raises(ValueError, match=r"split.folds \(9\): train \+ val have 16 rows; .* at most 8 folds"):
+        split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=9))

@@ -11,7 +11,7 @@ from pipeline.data import DataError, features_and_target, load, prepare, split
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").data
-SPLIT = SplitConfig(train=0.6, val=0.2, test=0.2, seed=0)
+SPLIT = SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=1)
 
 
 def cfg(**update):

@@ -145,3 +145,34 @@ def test_training_does_not_depend_on_the_targets_units(optimizer):
     assert np.all(np.isfinite(kilo_pred))
     np.testing.assert_allclose(kilo_pred / 1000, unit_pred, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(kilo_loss, unit_loss, rtol=1e-3)
+
+
+def test_a_bag_averages_its_members_and_saves_loads_and_exports_as_one_model(tmp_path):
+    import onnxruntime as ort
+
+    from pipeline.model import average, member_name, members_of
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3)).astype(np.float32)
+    y = rng.integers(0, 3, size=(30, 1)).astype(np.float32)
+    members = []
+    for index in range(3):
+        seed_everything(index)
+        members.append(build_model(HP, 3, "multiclass", 3, x, y, name=member_name(index)))
+    bag = average(members)
+    expected = np.mean([predict(member, x) for member in members], axis=0)
+    np.testing.assert_allclose(predict(bag, x), expected, atol=1e-6)
+    assert np.ptp([predict(member, x) for member in members], axis=0).max() > 1e-3  # the members differ
+
+    bag.save(tmp_path / "bag.keras")
+    loaded = keras.saving.load_model(tmp_path / "bag.keras", safe_mode=True)
+    np.testing.assert_allclose(predict(loaded, x), expected, atol=1e-6)
+    assert [m.name for m in members_of(loaded)] == ["member_1", "member_2", "member_3"]
+    np.testing.assert_allclose(predict(members_of(loaded)[1], x), predict(members[1], x), atol=1e-6)
+    single = build_model(HP, 3)
+    assert members_of(single) == [single]
+
+    loaded.export(str(tmp_path / "bag.onnx"), format="onnx", verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "bag.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-5)
