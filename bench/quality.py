@@ -16,8 +16,12 @@ from common import default_params, run_pipeline
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
+                        help="split.folds (default: params.yaml's)")
     args = parser.parse_args()
     raw = default_params()
+    raw["split"]["folds"] = args.folds
+    print(f"split.folds = {args.folds}")
     rows = []
     for seed in args.seeds:
         raw["data"]["seed"] = seed

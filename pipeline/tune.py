@@ -157,13 +157,27 @@ def make_objective(splits: Splits, params: Params):
 
 class MlflowTrialLogger:
     """Optuna callback: each trial (finished, or failed) becomes one nested MLflow run under the search's parent,
-    logged by whichever process ran it (a lost trial: by the process that found it lost)."""
+    logged by whichever process ran it (a lost trial: by the process that found it lost).
 
-    def __init__(self, parent_run_id: str, experiment_id: str):
+    Check-and-log happens under the storage lock, so a trial gets exactly one run even when the stage's
+    `log_missing` looks while a worker, between recording a trial and logging it, is about to log it too."""
+
+    def __init__(self, parent_run_id: str, experiment_id: str, storage: str):
         self.parent_run_id = parent_run_id
         self.experiment_id = experiment_id
+        self.storage = storage
+
+    def logged_trials(self) -> set[str]:
+        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
+        return {run.data.tags.get("trial_number") for run in runs}
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with storage_lock(self.storage):
+            if str(trial.number) not in self.logged_trials():
+                self._log(study, trial)
+
+    def _log(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         state = trial.state.name.lower()
         with mlflow.start_run(run_name=f"trial {trial.number:03d} ({state})", nested=True,
                               parent_run_id=self.parent_run_id, experiment_id=self.experiment_id):
@@ -189,12 +203,11 @@ class MlflowTrialLogger:
         A process killed after Optuna records a trial but before this callback logs it leaves the
         trial without its run; the stage fills such gaps once the search is done.
         """
-        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list",
-                                  filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
-        logged = {run.data.tags.get("trial_number") for run in runs}
-        missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if str(t.number) not in logged]
-        for trial in missing:
-            self(study, trial)
+        with storage_lock(self.storage):
+            logged = self.logged_trials()
+            missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if str(t.number) not in logged]
+            for trial in missing:
+                self._log(study, trial)
         return len(missing)
 
 
@@ -224,8 +237,25 @@ def _lock_engine(url: str):
     return sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
 
 
+_lock_depth = threading.local()
+
+
 @contextlib.contextmanager
 def storage_lock(url: str) -> Iterator[None]:
+    """Re-entrant within a thread: a lost trial is logged from inside the locked trial admission."""
+    if getattr(_lock_depth, "n", 0):
+        yield
+        return
+    _lock_depth.n = 1
+    try:
+        with _storage_lock(url):
+            yield
+    finally:
+        _lock_depth.n = 0
+
+
+@contextlib.contextmanager
+def _storage_lock(url: str) -> Iterator[None]:
     """Serialise the check-then-write steps that concurrent workers would race on (creating the tables,
     the parent run, admitting a trial): a transaction-scoped advisory lock on a PostgreSQL server, a
     file lock on a SQLite database's directory (workers on one machine). Other databases: no lock (one process only)."""
@@ -468,7 +498,7 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     storage = open_storage(params, on_lost)
     study = open_study(params, storage, join=worker)
     parent = parent_run_id(study, params)
-    on_lost.log = logger = MlflowTrialLogger(parent, experiment_id)
+    on_lost.log = logger = MlflowTrialLogger(parent, experiment_id, storage_url(params))
     target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
     progress = ProgressBar(target, min(finished_trials(study), target))
     try:

@@ -136,3 +136,23 @@ def test_a_finished_trial_whose_run_was_never_logged_gets_it_on_the_next_run(tmp
     assert trial_numbers() == [0, 2]
     tune_main(params)  # the study is complete: no new trial, only the missing run
     assert trial_numbers() == [0, 1, 2]
+    assert len(client.search_runs([experiment_id], "tags.trial_number = '1'")) == 1
+
+
+def test_a_trial_logged_twice_still_has_one_run(tmp_path, monkeypatch):
+    """A worker's callback and the stage's log_missing can both reach a just-finished trial; the
+    second must find the first's run (under the storage lock) and not log another."""
+    from pipeline.tune import PARENT_RUN_ATTR, MlflowTrialLogger
+
+    params = tiny_params({"tune": {"n_trials": 2}})
+    run_tune(tmp_path, monkeypatch, params)
+    study = open_study(params)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+    logger = MlflowTrialLogger(study.user_attrs[PARENT_RUN_ATTR], experiment_id, storage_url(params))
+    for trial in study.trials:
+        logger(study, trial)  # the late callback
+    assert logger.log_missing(study) == 0
+    runs = client.search_runs([experiment_id], "tags.stage = 'tune'")
+    numbers = sorted(r.data.tags["trial_number"] for r in runs if "trial_number" in r.data.tags)
+    assert numbers == ["0", "1"]
