@@ -167,14 +167,17 @@ class MlflowTrialLogger:
         self.experiment_id = experiment_id
         self.storage = storage
 
-    def logged_trials(self) -> set[str]:
-        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list",
-                                  filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
+    def logged_trials(self, number: int | None = None) -> set[str]:
+        """Trial numbers that have a run (all, or only `number` if it has one)."""
+        query = f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+        if number is not None:
+            query += f" and tags.trial_number = '{number}'"
+        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list", filter_string=query)
         return {run.data.tags.get("trial_number") for run in runs}
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         with storage_lock(self.storage):
-            if str(trial.number) not in self.logged_trials():
+            if not self.logged_trials(trial.number):
                 self._log(study, trial)
 
     def _log(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
