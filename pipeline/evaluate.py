@@ -124,9 +124,12 @@ def calibration_residuals(model: keras.Model, splits: Splits, seed: int) -> np.n
     return np.sort(np.concatenate(residuals))
 
 
-def calibration_name(model: keras.Model) -> str:
+def interval_calibration(model: keras.Model) -> tuple[str, str]:
+    """(conformal method, rows it is calibrated on), as `calibration_residuals` computes them."""
     n = len(members_of(model))
-    return "validation" if n == 1 else f"out-of-fold ({n} folds of train + val)"
+    if n == 1:
+        return "split-conformal", "validation"
+    return "cross-conformal", f"out-of-fold ({n} folds of train + val)"
 
 
 def conformal_interval(residuals: np.ndarray, predictor: Predictor, splits: Splits,

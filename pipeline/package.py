@@ -20,8 +20,8 @@ from pipeline import tracking
 from pipeline.artifacts import ensure_writable, write_json
 from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
-from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, calibration_name, calibration_residuals
-from pipeline.model import members_of, predict
+from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, calibration_residuals, interval_calibration
+from pipeline.model import predict
 from pipeline.registry import CHAMPION
 
 PACKAGE_DIR = Path("models/package")
@@ -63,9 +63,8 @@ def model_card(model, splits: Splits, params: Params, version, parity_gap: float
     interval = None
     if schema.task == "regression":
         residuals = calibration_residuals(model, splits, params.split.seed)
-        bagged = len(members_of(model)) > 1
-        interval = {"method": "cross-conformal" if bagged else "split-conformal",
-                    "calibration": calibration_name(model), "default_coverage": DEFAULT_COVERAGE,
+        method, calibration = interval_calibration(model)
+        interval = {"method": method, "calibration": calibration, "default_coverage": DEFAULT_COVERAGE,
                     "abs_residuals": [round(float(r), 8) for r in residuals]}
     return {
         "name": params.tracking.registered_model,

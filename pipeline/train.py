@@ -73,10 +73,11 @@ def run_name(hp: HyperParams, folds: int = 1) -> str:
     return f"train {hp.units_1}-{hp.units_2} {hp.activation} {hp.optimizer} lr={hp.learning_rate:.3g}{bag}"
 
 
-def log_run(model, histories: list[History], hp: HyperParams, params: Params, splits: Splits) -> dict:
-    """One MLflow run: params, per-epoch losses, the model with its signature, provenance tags."""
+def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParams, params: Params,
+            splits: Splits) -> dict:
+    """One MLflow run: params, the learning curve's per-epoch losses, the model with its signature,
+    provenance tags."""
     x_example, _ = features_and_target(splits.train.head(5), splits.schema)
-    curve = learning_curve(histories)
     best_epochs = [h.best_epoch or 0 for h in histories]
     with mlflow.start_run(run_name=run_name(hp, params.split.folds)) as run:
         mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs,
@@ -111,11 +112,12 @@ def main(params: Params, hp: HyperParams | None = None) -> None:
     hp = hp or params.train.hyperparams
     tracking.configure(params.tracking)
     model, histories = train(splits, hp, params)
-    run_info = log_run(model, histories, hp, params, splits)
+    curve = learning_curve(histories)
+    run_info = log_run(model, histories, curve, hp, params, splits)
     with atomic_path(MODEL_PATH) as tmp:
         model.save(tmp)
     with atomic_path(LEARNING_CURVE_PATH) as tmp:
-        learning_curve(histories).to_csv(tmp, index=False)
+        curve.to_csv(tmp, index=False)
     write_json(RUN_INFO_PATH, run_info)
     epochs = "/".join(str(h.epochs_run) for h in histories)
     best = "/".join(str(h.best_epoch) for h in histories)

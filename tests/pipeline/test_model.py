@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import HyperParams
+from pipeline.evaluate import interval_calibration
 from pipeline.model import build_model, fit, predict, seed_everything
 
 HP = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0, optimizer="adam",
@@ -171,6 +172,8 @@ def test_a_bag_averages_its_members_and_saves_loads_and_exports_as_one_model(tmp
     np.testing.assert_allclose(predict(members_of(loaded)[1], x), predict(members[1], x), atol=1e-6)
     single = build_model(HP, 3)
     assert members_of(single) == [single]
+    assert interval_calibration(single) == ("split-conformal", "validation")
+    assert interval_calibration(loaded) == ("cross-conformal", "out-of-fold (3 folds of train + val)")
 
     loaded.export(str(tmp_path / "bag.onnx"), format="onnx", verbose=False)
     session = ort.InferenceSession(str(tmp_path / "bag.onnx"), providers=["CPUExecutionProvider"])

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.config import parse_params
 from pipeline.data import development_folds, load, split
-from pipeline.evaluate import calibration_name, calibration_residuals, sklearn_baselines
+from pipeline.evaluate import calibration_residuals, interval_calibration, sklearn_baselines
 from pipeline.model import members_of, predict
 from pipeline.train import learning_curve, train
 from pipeline.tune import make_objective, smoothed_best
@@ -52,7 +52,7 @@ def test_a_bag_of_k_networks_with_out_of_fold_calibration():
     by_hand = np.concatenate([np.abs(f.val[1][:, 0] - predict(m, f.val[0])[:, 0]) for m, f in zip(members, folds)])
     assert len(residuals) == len(splits.train) + len(splits.val)
     np.testing.assert_allclose(residuals, np.sort(by_hand), atol=1e-6)
-    assert calibration_name(model) == "out-of-fold (3 folds of train + val)"
+    assert interval_calibration(model) == ("cross-conformal", "out-of-fold (3 folds of train + val)")
 
 
 def test_a_trial_scores_the_networks_the_train_stage_then_builds():
