@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -46,7 +47,9 @@ def export_onnx(model, path: Path, check_inputs: np.ndarray) -> float:
     import onnxruntime as ort
 
     keras_out = predict(model, check_inputs)  # also builds a freshly loaded model, which export needs
-    model.export(str(path), format="onnx", verbose=False)
+    with warnings.catch_warnings():  # Keras' bundled tf2onnx probes np.object, which NumPy 2 warns about
+        warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
+        model.export(str(path), format="onnx", verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {session.get_inputs()[0].name: check_inputs})[0]
     gap = float(np.max(np.abs(onnx_out - keras_out)))

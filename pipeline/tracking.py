@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -81,3 +82,6 @@ def quiet_mlflow_logs() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
+    # uv's environments have no pip, so logging a model warns that conda.yaml lists pip unpinned;
+    # the model's own requirements are pinned (MODEL_PIP_REQUIREMENTS), so the warning says nothing.
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
