@@ -34,8 +34,8 @@ def model_for(hp: HyperParams, fold: Fold, schema: Schema, index: int, folds: in
 def fit_fold(hp: HyperParams, fold: Fold, schema: Schema, index: int, params: Params, *, epochs: int,
              patience: int, min_epochs: int = 0, on_epoch: EpochCallback | None = None) -> tuple[keras.Model, History]:
     """One network on one fold, from seed train.seed + fold index: tune's trials and the train stage
-    both fit through here, so the winner's final networks start from its trial's weights and see
-    the same rows (the final training may stop later: its patience and min_epochs are its own)."""
+    both fit through here, so the winner's final networks start from the same initial weights as
+    its trial's and see the same rows (they may stop later: train's patience and min_epochs)."""
     seed_everything(params.train.seed + index)
     model = model_for(hp, fold, schema, index, params.split.folds)
     history = fit(model, hp, fold.train, fold.val, epochs=epochs, patience=patience, min_epochs=min_epochs,
