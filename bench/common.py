@@ -17,6 +17,9 @@ def default_params() -> dict:
 
 def run_pipeline(raw_params: dict):
     """generate -> split -> tune -> train -> evaluate's scoring; returns (metrics, best hyperparams, splits, model)."""
+    from pipeline.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from pipeline import tracking
     from pipeline.config import parse_params
     from pipeline.data import RAW_PATH, load, split, write_frame, write_splits

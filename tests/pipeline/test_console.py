@@ -1,4 +1,4 @@
-"""`python -m pipeline`: what a stage's output looks like (real subprocesses, real file descriptor 2)."""
+"""What a stage prints: TensorFlow's start-up notices dropped, everything else kept (real subprocesses, real fd 2)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def stderr_of(code: str) -> str:
 def test_tensorflow_notices_are_dropped_and_every_other_line_passes_in_order():
     stderr = stderr_of(f"""
 import os, sys
-from pipeline.__main__ import tensorflow_notices_dropped
+from pipeline.console import tensorflow_notices_dropped
 print("before", file=sys.stderr)
 with tensorflow_notices_dropped():
     os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
@@ -31,12 +31,12 @@ print("after", file=sys.stderr)
 
 
 def test_importing_tensorflow_through_the_cli_prints_nothing():
-    assert stderr_of("from pipeline.__main__ import import_tensorflow_quietly; import_tensorflow_quietly()") == ""
+    assert stderr_of("from pipeline.console import import_tensorflow_quietly; import_tensorflow_quietly()") == ""
 
 
 def test_an_error_inside_still_reaches_stderr():
     code = """
-from pipeline.__main__ import tensorflow_notices_dropped
+from pipeline.console import tensorflow_notices_dropped
 with tensorflow_notices_dropped():
     raise RuntimeError("boom")
 """
