@@ -30,7 +30,7 @@ print("after", file=sys.stderr)
     assert stderr.splitlines() == ["before", "a real C++ warning", "a real Python warning", "after"]
 
 
-def test_importing_tensorflow_through_the_cli_prints_nothing():
+def test_importing_tensorflow_quietly_prints_nothing():
     assert stderr_of("from pipeline.console import import_tensorflow_quietly; import_tensorflow_quietly()") == ""
 
 
