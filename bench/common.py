@@ -11,23 +11,42 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+def default_params(overrides: list[str] = ()) -> dict:
+    """params.yaml with `dotted.key=value` overrides applied (values parsed as YAML, as `dvc exp run -S`)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        section = raw
+        for name in parents:
+            if not isinstance(section.get(name), dict):
+                raise SystemExit(f"--set {override}: params.yaml has no section '{name}' under that path")
+            section = section[name]
+        if not separator or leaf not in section:
+            raise SystemExit(f"--set {override}: expected KEY=VALUE with KEY one of params.yaml's keys")
+        section[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def add_set_option(parser) -> None:
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a params.yaml value, e.g. tune.space.l2.high=0.1 (repeatable)")
 
 
 def run_pipeline(raw_params: dict):
     """generate -> split -> tune -> train -> evaluate's scoring; returns (metrics, best hyperparams, splits, model)."""
     from pipeline.console import import_tensorflow_quietly
 
+    from pipeline.tracking import quiet_mlflow_logs
+
+    quiet_mlflow_logs()  # before the stages import MLflow, which reads its log level once, on import
     import_tensorflow_quietly()
-    from pipeline import tracking
     from pipeline.config import parse_params
     from pipeline.data import RAW_PATH, load, split, write_frame, write_splits
     from pipeline.evaluate import evaluate
     from pipeline.train import train
     from pipeline.tune import tune
 
-    tracking.quiet_mlflow_logs()
     params = parse_params(raw_params)
     previous = Path.cwd()
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,6 +1,7 @@
 """Our tuned MLP against scikit-learn baselines on the same split, default params otherwise.
 
     .venv/bin/python bench/datasets.py [--split-seeds 0 1 2 3 4] [--only diabetes] [--folds 5]
+                                       [--set tune.space.l2.high=0.1 ...]
 
 Goals (on the default split, split.seed 0): breast_cancer accuracy >= LogisticRegression's;
 diabetes R2 >= Ridge's; synthetic multi-class accuracy >= LogisticRegression's and
@@ -23,7 +24,7 @@ import warnings
 
 import numpy as np
 import scipy.stats
-from common import default_params, run_pipeline
+from common import add_set_option, default_params, run_pipeline
 from sklearn.metrics import r2_score
 
 CASES = [
@@ -78,9 +79,9 @@ def difference_interval(metric: str, y: np.ndarray, ours: np.ndarray, other: np.
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def measure(data: dict, metric: str, baselines: list[str], split_seed: int, folds: int):
+def measure(data: dict, metric: str, baselines: list[str], split_seed: int, folds: int, overrides: list[str]):
     """(ours, {baseline: (score, 95 % interval of ours minus it)}, best hyperparameters) on one split."""
-    raw = default_params()
+    raw = default_params(overrides)
     raw["data"].update(data)
     raw["split"].update(seed=split_seed, folds=folds)
     metrics, best, splits, model = run_pipeline(raw)
@@ -97,15 +98,19 @@ def main() -> None:
     parser.add_argument("--only", help="run only the data sets whose name starts with this")
     parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
                         help="split.folds (default: params.yaml's)")
+    add_set_option(parser)
     args = parser.parse_args()
+    default_params(args.set)  # a bad override fails now, not after the first data set
     cases = [case for case in CASES if not args.only or case[0].startswith(args.only)]
+    if args.set:
+        print("params.yaml overridden: " + ", ".join(args.set))
     print(f"split.folds = {args.folds}: " + ("train on train, early-stop on val" if args.folds == 1 else
           f"{args.folds}-fold cross-validated tuning and a bag of {args.folds}; baselines fitted on train + val"))
     results: dict[str, list[tuple[int, float, dict[str, tuple[float, tuple[float, float]]]]]] = {}
     for name, data, metric, baselines in cases:
         for seed in args.split_seeds:
             start = time.perf_counter()
-            ours, scores, best = measure(data, metric, baselines, seed, args.folds)
+            ours, scores, best = measure(data, metric, baselines, seed, args.folds, args.set)
             results.setdefault(name, []).append((seed, ours, scores))
             print(f"{name} split {seed}: {metric} ours {ours:.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, (v, _) in scores.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import default_params, run_pipeline
+from common import add_set_option, default_params, run_pipeline
 
 
 def main() -> None:
@@ -18,10 +18,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
                         help="split.folds (default: params.yaml's)")
+    add_set_option(parser)
     args = parser.parse_args()
-    raw = default_params()
+    raw = default_params(args.set)
     raw["split"]["folds"] = args.folds
-    print(f"split.folds = {args.folds}")
+    print(f"split.folds = {args.folds}" + "".join(f", {override}" for override in args.set))
     rows = []
     for seed in args.seeds:
         raw["data"]["seed"] = seed
