@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import subprocess
 import sys
 
@@ -72,3 +73,23 @@ def test_cli_stops_with_one_line_and_writes_nothing(tmp_path, stage):
     assert result.stderr.strip().count("\n") == 0
     assert "train.hyperparams.optimizer" in result.stderr and "'sgd' or 'adam'" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("train.epochs=50", "  epochs: 50\n"),
+    ("split.folds=5", "  folds: 5            # 1: fit on train, early-stop on val. k >= 2: train + val are pooled and cut into k folds\n"),
+    ("tune.space.l2.high=0.1", "    l2: {low: 1.0e-6, high: 0.1, log: true}\n"),
+])
+def test_dvc_exp_run_set_rewrites_only_the_line_it_sets(tmp_path, override, changed):
+    """`dvc exp run -S` round-trips params.yaml through ruamel; anything it would restyle shows up
+    in the user's `git diff` as a change they did not make."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    copy.write_text(original)
+    apply_overrides(copy, [override])
+    removed = [line for line in difflib.ndiff(original.splitlines(True), copy.read_text().splitlines(True))
+               if line.startswith(("- ", "+ "))]
+    assert [line for line in removed if line.startswith("+ ")] == [f"+ {changed}"], "".join(removed)
+    assert len(removed) == 2, "".join(removed)
