@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_params(overrides: list[str] = ()) -> dict:
-    """params.yaml with `dotted.key=value` overrides applied (values parsed as YAML, as `dvc exp run -S`)."""
+    """params.yaml with `dotted.key=value` overrides applied, as `dvc exp run -S` applies them."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in overrides:
         key, separator, value = override.partition("=")
@@ -24,8 +24,19 @@ def default_params(overrides: list[str] = ()) -> dict:
             section = section[name]
         if not separator or leaf not in section:
             raise SystemExit(f"--set {override}: expected KEY=VALUE with KEY one of params.yaml's keys")
-        section[leaf] = yaml.safe_load(value)
+        section[leaf] = parse_value(value)
     return raw
+
+
+def parse_value(text: str):
+    """YAML, except that 1e-4 is a number (YAML 1.1 wants 1.0e-4), as `dvc exp run -S` reads it."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def add_set_option(parser) -> None:
@@ -36,7 +47,6 @@ def add_set_option(parser) -> None:
 def run_pipeline(raw_params: dict):
     """generate -> split -> tune -> train -> evaluate's scoring; returns (metrics, best hyperparams, splits, model)."""
     from pipeline.console import import_tensorflow_quietly
-
     from pipeline.tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()  # before the stages import MLflow, which reads its log level once, on import

@@ -22,7 +22,9 @@ def main() -> None:
     args = parser.parse_args()
     raw = default_params(args.set)
     raw["split"]["folds"] = args.folds
-    print(f"split.folds = {args.folds}" + "".join(f", {override}" for override in args.set))
+    if args.set:
+        print("params.yaml overridden: " + ", ".join(args.set))
+    print(f"split.folds = {args.folds}")
     rows = []
     for seed in args.seeds:
         raw["data"]["seed"] = seed

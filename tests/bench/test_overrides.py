@@ -7,9 +7,12 @@ from pipeline.config import parse_params
 
 
 def test_an_override_replaces_one_nested_value_parsed_as_yaml():
-    raw = default_params(["tune.space.l2.high=0.5", "split.folds=5", "tune.space.activation=[relu, tanh]"])
+    raw = default_params(["tune.space.l2.high=0.5", "split.folds=5", "tune.space.activation=[relu, tanh]",
+                          "tune.space.learning_rate.low=1e-4", "data.sklearn.name=diabetes"])
     params = parse_params(raw)
     assert params.tune.space.l2.high == 0.5
+    assert params.tune.space.learning_rate.low == 1e-4
+    assert params.data.sklearn.name == "diabetes"
     assert params.split.folds == 5
     assert params.tune.space.activation == ["relu", "tanh"]
     assert params.tune.space.l2.low == default_params()["tune"]["space"]["l2"]["low"]
