@@ -39,9 +39,22 @@ def parse_value(text: str):
     return value
 
 
-def add_set_option(parser) -> None:
+def add_params_options(parser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a params.yaml value, e.g. tune.space.l2.high=0.1 (repeatable)")
+    parser.add_argument("--folds", type=int, help="split.folds (default: params.yaml's); short for --set split.folds=K")
+
+
+def bench_params(args, set_per_run: dict[str, str]) -> dict:
+    """params.yaml with the command line's --set and --folds applied. A key in `set_per_run` (key:
+    what sets it) is refused: the bench overwrites it on every run, so the override would do nothing."""
+    overrides = args.set + ([f"split.folds={args.folds}"] if args.folds is not None else [])
+    for override in overrides:
+        key = override.partition("=")[0]
+        for owned, by in set_per_run.items():
+            if key == owned or key.startswith(owned + "."):
+                raise SystemExit(f"--set {override}: the bench sets {owned} on every run ({by})")
+    return default_params(overrides)
 
 
 def run_pipeline(raw_params: dict):

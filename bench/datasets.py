@@ -18,13 +18,14 @@ cannot tell the two models apart.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 import warnings
 
 import numpy as np
 import scipy.stats
-from common import add_set_option, default_params, run_pipeline
+from common import add_params_options, bench_params, run_pipeline
 from sklearn.metrics import r2_score
 
 CASES = [
@@ -79,11 +80,12 @@ def difference_interval(metric: str, y: np.ndarray, ours: np.ndarray, other: np.
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def measure(data: dict, metric: str, baselines: list[str], split_seed: int, folds: int, overrides: list[str]):
+def measure(params: dict, data: dict, metric: str, baselines: list[str], split_seed: int):
     """(ours, {baseline: (score, 95 % interval of ours minus it)}, best hyperparameters) on one split."""
-    raw = default_params(overrides)
+    raw = copy.deepcopy(params)
     raw["data"].update(data)
-    raw["split"].update(seed=split_seed, folds=folds)
+    raw["split"]["seed"] = split_seed
+    folds = raw["split"]["folds"]
     metrics, best, splits, model = run_pipeline(raw)
     y, ours, others = test_predictions(model, splits, baselines, folds)
     ours_score = score(metric, y, ours)
@@ -96,21 +98,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", help="run only the data sets whose name starts with this")
-    parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
-                        help="split.folds (default: params.yaml's)")
-    add_set_option(parser)
+    add_params_options(parser)
     args = parser.parse_args()
-    default_params(args.set)  # a bad override fails now, not after the first data set
+    set_per_run = {"split.seed": "--split-seeds"} | {f"data.{key}": "the data set's own" for _, data, _, _ in CASES for key in data}
+    params = bench_params(args, set_per_run)
+    folds = params["split"]["folds"]
     cases = [case for case in CASES if not args.only or case[0].startswith(args.only)]
     if args.set:
         print("params.yaml overridden: " + ", ".join(args.set))
-    print(f"split.folds = {args.folds}: " + ("train on train, early-stop on val" if args.folds == 1 else
-          f"{args.folds}-fold cross-validated tuning and a bag of {args.folds}; baselines fitted on train + val"))
+    print(f"split.folds = {folds}: " + ("train on train, early-stop on val" if folds == 1 else
+          f"{folds}-fold cross-validated tuning and a bag of {folds}; baselines fitted on train + val"))
     results: dict[str, list[tuple[int, float, dict[str, tuple[float, tuple[float, float]]]]]] = {}
     for name, data, metric, baselines in cases:
         for seed in args.split_seeds:
             start = time.perf_counter()
-            ours, scores, best = measure(data, metric, baselines, seed, args.folds, args.set)
+            ours, scores, best = measure(params, data, metric, baselines, seed)
             results.setdefault(name, []).append((seed, ours, scores))
             print(f"{name} split {seed}: {metric} ours {ours:.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, (v, _) in scores.items())

@@ -10,21 +10,18 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import add_set_option, default_params, run_pipeline
+from common import add_params_options, bench_params, run_pipeline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--folds", type=int, default=default_params()["split"]["folds"],
-                        help="split.folds (default: params.yaml's)")
-    add_set_option(parser)
+    add_params_options(parser)
     args = parser.parse_args()
-    raw = default_params(args.set)
-    raw["split"]["folds"] = args.folds
+    raw = bench_params(args, {"data.seed": "--seeds"})
     if args.set:
         print("params.yaml overridden: " + ", ".join(args.set))
-    print(f"split.folds = {args.folds}")
+    print(f"split.folds = {raw['split']['folds']}")
     rows = []
     for seed in args.seeds:
         raw["data"]["seed"] = seed

@@ -1,8 +1,10 @@
 """The benches' `--set KEY=VALUE` overrides of params.yaml."""
 
+import argparse
+
 import pytest
 
-from bench.common import default_params
+from bench.common import add_params_options, bench_params, default_params
 from pipeline.config import parse_params
 
 
@@ -26,4 +28,27 @@ def test_an_override_replaces_one_nested_value_parsed_as_yaml():
 def test_a_mistyped_override_stops_with_the_override_named(override, message):
     with pytest.raises(SystemExit, match=message) as stopped:
         default_params([override])
+    assert override in str(stopped.value)
+
+
+def bench_command_line(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_params_options(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv, folds", [
+    ((), default_params()["split"]["folds"]),
+    (("--set", "split.folds=5"), 5),
+    (("--folds", "3"), 3),
+])
+def test_folds_come_from_params_yaml_set_or_the_folds_shorthand(argv, folds):
+    assert bench_params(bench_command_line(*argv), {})["split"]["folds"] == folds
+
+
+@pytest.mark.parametrize("override", ["split.seed=3", "data.sklearn.name=wine"])
+def test_a_key_the_bench_sets_on_every_run_is_refused(override):
+    owned = {"split.seed": "--split-seeds", "data.sklearn": "the data set's own"}
+    with pytest.raises(SystemExit, match="the bench sets .* on every run") as stopped:
+        bench_params(bench_command_line("--set", override), owned)
     assert override in str(stopped.value)
