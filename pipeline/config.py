@@ -26,6 +26,7 @@ class _Strict(BaseModel):
 
 Optimizer = Literal["sgd", "adam"]
 Activation = Literal["relu", "tanh", "sigmoid", "elu", "gelu", "swish"]
+Selection = Literal["best", "one_se"]
 
 
 class SyntheticClassification(_Strict):
@@ -176,6 +177,8 @@ class TuneConfig(_Strict):
     storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite:///optuna.db")
     pruner: PrunerConfig
     space: SearchSpace
+    select: Selection = Field(default="best", description="which finished trial train gets: best = the lowest mean "
+                              "validation loss; one_se = the most regularised within one standard error of it")
 
 
 class EvaluateConfig(_Strict):
@@ -196,6 +199,13 @@ class Params(_Strict):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
 
+    @model_validator(mode="after")
+    def _one_se_needs_folds(self) -> Params:
+        if self.tune.select == "one_se" and self.split.folds < 2:
+            raise ValueError(f"tune.select: one_se takes its standard error over the folds, so it needs split.folds"
+                             f" >= 2 (got {self.split.folds}); use tune.select: best with one validation split")
+        return self
+
 
 def _allowed_keys(section: tuple) -> list[str]:
     model: type[BaseModel] = Params
@@ -215,7 +225,7 @@ def _describe(error: dict) -> str:
     if kind == "literal_error":
         return f"{key}: {error['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
     if key == "params" or kind == "value_error":
-        return message if key in message else f"{key}: {message}"
+        return message if key == "params" or key in message else f"{key}: {message}"
     return f"{key}: {message} (got {error['input']!r})"
 
 

@@ -62,6 +62,7 @@ JOIN_TIMEOUT_S = 600  # how long `tune --worker` waits for the stage to create t
 LOCK_KEY = 0x74756E652D6C6F63  # PostgreSQL advisory lock id ("tune-loc")
 CODE_FILES = ("model.py", "train.py", "tune.py")  # what a trial's result depends on
 REPORT_EVERY = 5  # epochs between pruning checks
+FOLD_LOSSES_ATTR = "fold_losses"  # each fold's smoothed best validation loss; tune.select: one_se needs them
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, base: HyperParams) -> HyperParams:
@@ -93,7 +94,7 @@ def storage_url(params: Params) -> str:
 
 def study_name(params: Params) -> str:
     """Same search settings, data and training code -> same study (resumed); anything else -> a new one."""
-    fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials"}),
+    fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials", "select"}),
                               "base": params.train.hyperparams.model_dump(), "split": params.split.model_dump(),
                               "seed": params.train.seed, "data": file_sha256(RAW_PATH),
                               "code": [file_sha256(Path(__file__).with_name(name)) for name in CODE_FILES]},
@@ -150,6 +151,7 @@ def make_objective(splits: Splits, params: Params):
             if index == 0 and history.epochs_run % REPORT_EVERY == 0 and trial.should_prune():
                 raise pruned(trial, f"validation loss {last:.4g} at epoch {history.epochs_run} is worse than the median")
             losses.append(smoothed_best(history.val_loss))
+        trial.set_user_attr(FOLD_LOSSES_ATTR, losses)
         return float(np.mean(losses))
 
     return objective
@@ -198,7 +200,9 @@ class MlflowTrialLogger:
             elif values:
                 mlflow.log_metric("val_loss", min(values.values()))
             mlflow.log_metric("epochs_run", trial.user_attrs.get("epochs_run", len(values)))
-
+            fold_losses = trial.user_attrs.get(FOLD_LOSSES_ATTR, [])
+            if len(fold_losses) > 1:
+                mlflow.log_metrics({f"val_loss_fold_{i}": loss for i, loss in enumerate(fold_losses, start=1)})
 
     def log_missing(self, study: optuna.Study) -> int:
         """Log the finished trials that have no run yet; returns how many.
@@ -515,13 +519,50 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
                          " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")
-    best = suggest(optuna.trial.FixedTrial(study.best_params), params.tune.space, params.train.hyperparams)
+    chosen, threshold = choose_trial(study, params)
+    hp = trial_hyperparams(chosen, params)
+    if chosen.number == study.best_trial.number:
+        print(f"tune: trial {chosen.number} has the lowest mean validation loss ({chosen.value:.4g})")
+    else:
+        print(f"tune: trial {chosen.number} (L2 {hp.l2:.3g}, validation loss {chosen.value:.4g}) is the most regularised"
+              f" within one standard error of the lowest, trial {study.best_trial.number} (L2"
+              f" {trial_hyperparams(study.best_trial, params).l2:.3g}, {study.best_value:.4g}; threshold {threshold:.4g})")
     with mlflow.start_run(run_id=parent):
-        # Tags, not params: a resumed study with more trials can change its best, and MLflow params are write-once.
-        mlflow.set_tags({f"best_{k}": v for k, v in study.best_params.items()})
-        mlflow.log_metrics({"best_val_loss": study.best_value, "best_trial": study.best_trial.number,
+        # Tags, not params: a resumed study with more trials can change its pick, and MLflow params are write-once.
+        # best_* is the trial train gets (tune.select); lowest_* the one with the lowest loss.
+        mlflow.set_tags({"select": params.tune.select} | {f"best_{k}": v for k, v in chosen.params.items()})
+        mlflow.log_metrics({"best_val_loss": chosen.value, "best_trial": chosen.number,
+                            "lowest_val_loss": study.best_value, "lowest_trial": study.best_trial.number,
                             "pruned_trials": len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))})
-    return best
+    return hp
+
+
+def trial_hyperparams(trial: optuna.trial.FrozenTrial, params: Params) -> HyperParams:
+    return suggest(optuna.trial.FixedTrial(trial.params), params.tune.space, params.train.hyperparams)
+
+
+def choose_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.FrozenTrial, float]:
+    """The finished trial whose hyperparameters train gets, and the loss threshold it was chosen under.
+
+    `best`: the lowest mean validation loss. `one_se`: the one-standard-error rule (Breiman et al.'s, as
+    in glmnet's lambda.1se): of the trials whose mean loss is within one standard error of the lowest
+    (the lowest trial's, over its folds), the most regularised: largest L2, then largest dropout, then
+    fewest hidden units. On a few hundred rows the lowest mean is partly the luck of the folds, and the
+    search then tends to hand train a weakly penalised network that fits the folds' noise.
+    """
+    lowest = study.best_trial
+    if params.tune.select == "best":
+        return lowest, lowest.value
+    losses = lowest.user_attrs[FOLD_LOSSES_ATTR]
+    threshold = lowest.value + float(np.std(losses, ddof=1)) / math.sqrt(len(losses))
+    within = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.value <= threshold]
+
+    def regularisation(trial: optuna.trial.FrozenTrial) -> tuple:
+        hp = trial_hyperparams(trial, params)
+        return hp.l2, hp.dropout, -(hp.units_1 + hp.units_2), -trial.value
+
+    return max(within, key=regularisation), threshold
 
 
 def write_best_params(hp: HyperParams, path: Path = BEST_PARAMS_PATH) -> None:

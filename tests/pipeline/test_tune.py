@@ -156,3 +156,72 @@ def test_a_trial_logged_twice_still_has_one_run(tmp_path, monkeypatch):
     runs = client.search_runs([experiment_id], "tags.stage = 'tune'")
     numbers = sorted(r.data.tags["trial_number"] for r in runs if "trial_number" in r.data.tags)
     assert numbers == ["0", "1"]
+
+
+def finished_trial(fold_losses: list[float], l2: float, units_1: int = 16) -> optuna.trial.FrozenTrial:
+    d = optuna.distributions
+    searched = {"learning_rate": (0.01, d.FloatDistribution(1e-5, 0.05, log=True)),
+                "batch_size": (32, d.CategoricalDistribution([32, 64])),
+                "units_1": (units_1, d.IntDistribution(8, 32, log=True)), "units_2": (4, d.IntDistribution(4, 16, log=True)),
+                "optimizer": ("adam", d.CategoricalDistribution(["sgd", "adam"])),
+                "activation": ("tanh", d.CategoricalDistribution(["tanh", "sigmoid"])),
+                "l2": (l2, d.FloatDistribution(1e-6, 1.0, log=True))}
+    trial = optuna.trial.create_trial(
+        params={k: v for k, (v, _) in searched.items()}, distributions={k: dist for k, (_, dist) in searched.items()},
+        value=sum(fold_losses) / len(fold_losses), user_attrs={"fold_losses": fold_losses})
+    return trial
+
+
+def test_one_se_picks_the_most_regularised_trial_within_one_standard_error_of_the_lowest():
+    from pipeline.tune import choose_trial
+
+    study = optuna.create_study()
+    for trial in [
+        finished_trial([0.40, 0.50, 0.60], l2=1e-5),   # lowest: 0.5, standard error 0.1 / sqrt(3) = 0.0577
+        finished_trial([0.45, 0.55, 0.65], l2=1e-2),   # 0.55: within, stronger L2
+        finished_trial([0.50, 0.60, 0.70], l2=1e-1),   # 0.6: outside, however strongly penalised
+        finished_trial([0.44, 0.54, 0.64], l2=1e-2, units_1=8),  # same L2 as trial 1, fewer units: wins
+        finished_trial([0.46, 0.56, 0.66], l2=1e-3),
+    ]:
+        study.add_trial(trial)
+    chosen, threshold = choose_trial(study, tiny_params({"split": {"folds": 3}, "tune": {"select": "one_se"}}))
+    assert threshold == pytest.approx(0.5 + 0.1 / 3 ** 0.5)
+    assert chosen.number == 3
+    lowest, threshold = choose_trial(study, tiny_params({"split": {"folds": 3}}))
+    assert (lowest.number, threshold) == (0, pytest.approx(0.5))
+
+
+def test_one_se_search_hands_train_the_chosen_trial_and_switching_rules_reuses_the_study(tmp_path, monkeypatch, capsys):
+    from pipeline.tune import FOLD_LOSSES_ATTR
+
+    wide_l2 = {"split": {"folds": 2}, "tune": {"n_trials": 5, "space": {"l2": {"low": 1e-5, "high": 0.1, "log": True}}}}
+    lowest = run_tune(tmp_path, monkeypatch, tiny_params(wide_l2))
+    params = tiny_params(merge(wide_l2, {"tune": {"select": "one_se"}}))
+    study = open_study(params)
+    assert len(study.trials) == 5, "the rule does not change the trials, so switching it resumes the same study"
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    for trial in complete:
+        assert len(trial.user_attrs[FOLD_LOSSES_ATTR]) == 2
+        assert trial.value == pytest.approx(sum(trial.user_attrs[FOLD_LOSSES_ATTR]) / 2)
+    assert lowest.model_dump() == {**params.train.hyperparams.model_dump(), **study.best_params}
+
+    # A finished trial as good as the lowest (so within any standard error) with a stronger L2 than any.
+    best = study.best_trial
+    stronger = {**best.params, "l2": max(t.params["l2"] for t in complete) * 1.5}
+    study.add_trial(optuna.trial.create_trial(params=stronger, distributions=best.distributions, value=best.value,
+                                              user_attrs={FOLD_LOSSES_ATTR: best.user_attrs[FOLD_LOSSES_ATTR]}))
+    capsys.readouterr()
+    tune_main(params)
+    assert len(open_study(params).trials) == 6, "the study was complete: no new trial"
+    assert read_best_params().model_dump() == {**params.train.hyperparams.model_dump(), **stronger}
+    assert f"tune: trial 5 (L2 {stronger['l2']:.3g}, validation loss {best.value:.4g}) is the most regularised" \
+        in capsys.readouterr().out
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["select"] == "one_se"
+    assert parent.data.tags["best_l2"] == str(stronger["l2"])
+    assert (parent.data.metrics["best_trial"], parent.data.metrics["lowest_trial"]) == (5, best.number)
+    children = [r for r in runs if r.data.tags.get("trial_state") == "complete"]
+    assert children and all({"val_loss_fold_1", "val_loss_fold_2"} <= set(r.data.metrics) for r in children)
