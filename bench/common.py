@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The README's tuning profile for tables (`dvc exp run -S ...` there; a test keeps the two the same).
+TABLES_PROFILE = ["split.folds=5", "tune.space.l2.low=1.0e-4", "tune.space.l2.high=0.1", "tune.select=one_se"]
 
 
 def default_params(overrides: list[str] = ()) -> dict:
@@ -42,19 +44,27 @@ def parse_value(text: str):
 def add_params_options(parser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a params.yaml value, e.g. tune.space.l2.high=0.1 (repeatable)")
-    parser.add_argument("--folds", type=int, help="split.folds (default: params.yaml's); short for --set split.folds=K")
+    parser.add_argument("--folds", type=int, help="short for --set split.folds=K")
 
 
-def bench_params(args, set_per_run: dict[str, str]) -> dict:
-    """params.yaml with the command line's --set and --folds applied. A key in `set_per_run` (key:
-    what sets it) is refused: the bench overwrites it on every run, so the override would do nothing."""
+def bench_params(args, set_per_run: dict[str, str], profile: list[str] = ()) -> dict:
+    """params.yaml with `profile`'s overrides, then the command line's --set and --folds, applied. A key in
+    `set_per_run` (key: what sets it) is refused: the bench overwrites it on every run, so the override would
+    do nothing."""
     overrides = args.set + ([f"split.folds={args.folds}"] if args.folds is not None else [])
     for override in overrides:
         key = override.partition("=")[0]
         for owned, by in set_per_run.items():
             if key == owned or key.startswith(owned + "."):
                 raise SystemExit(f"--set {override}: the bench sets {owned} on every run ({by})")
-    return default_params(overrides)
+    raw = default_params([*profile, *overrides])
+    from pipeline.config import ConfigError, parse_params
+
+    try:
+        parse_params(raw)  # fail before the first run, not an hour in
+    except ConfigError as error:
+        raise SystemExit(f"params.yaml with {', '.join([*profile, *overrides])}: {error}") from None
+    return raw
 
 
 def run_pipeline(raw_params: dict):

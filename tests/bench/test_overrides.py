@@ -52,3 +52,21 @@ def test_a_key_the_bench_sets_on_every_run_is_refused(override):
     with pytest.raises(SystemExit, match="the bench sets .* on every run") as stopped:
         bench_params(bench_command_line("--set", override), owned)
     assert override in str(stopped.value)
+
+
+def test_the_tables_profile_is_the_one_the_readme_tells_users_to_run():
+    from bench.common import ROOT, TABLES_PROFILE
+
+    commands = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("dvc exp run -S")]
+    profile_runs = [line.split() for line in commands if "tune.select=one_se" in line]
+    assert len(profile_runs) == 1, commands
+    assert [word for word in profile_runs[0] if "=" in word] == TABLES_PROFILE
+    params = parse_params(bench_params(bench_command_line(), {}, TABLES_PROFILE))
+    assert (params.split.folds, params.tune.select, params.tune.space.l2.low) == (5, "one_se", 1e-4)
+
+
+def test_a_profile_the_command_line_makes_invalid_stops_before_any_run():
+    from bench.common import TABLES_PROFILE
+
+    with pytest.raises(SystemExit, match=r"split\.folds=1: tune\.select: one_se .* needs split\.folds >= 2"):
+        bench_params(bench_command_line("--folds", "1"), {}, TABLES_PROFILE)
