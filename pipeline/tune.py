@@ -524,9 +524,10 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     if chosen.number == study.best_trial.number:
         print(f"tune: trial {chosen.number} has the lowest mean validation loss ({chosen.value:.4g})")
     else:
-        print(f"tune: trial {chosen.number} (L2 {hp.l2:.3g}, validation loss {chosen.value:.4g}) is the most regularised"
-              f" within one standard error of the lowest, trial {study.best_trial.number} (L2"
-              f" {trial_hyperparams(study.best_trial, params).l2:.3g}, {study.best_value:.4g}; threshold {threshold:.4g})")
+        lowest = study.best_trial
+        print(f"tune: trial {chosen.number} (L2 {hp.l2:.3g}, validation loss {chosen.value:.4g}) is the most"
+              f" regularised within one standard error of the lowest, trial {lowest.number} (L2"
+              f" {trial_hyperparams(lowest, params).l2:.3g}, {lowest.value:.4g}; threshold {threshold:.4g})")
     with mlflow.start_run(run_id=parent):
         # Tags, not params: a resumed study with more trials can change its pick, and MLflow params are write-once.
         # best_* is the trial train gets (tune.select); lowest_* the one with the lowest loss.

@@ -9,15 +9,19 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
 
-CASES = {  # two cases with a bag of 3 networks (split.folds), two with one network
+# Two cases with a bag of 3 networks (split.folds), one of them with the README's profile for tables;
+# two with one network.
+CASES = {
     "file-regression": {"data": {"source": "file", "file": {"path": "examples/line.csv", "target": "y"}},
                         "split": {"folds": 3}},
-    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 3}},
+    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 3},
+                       "tune": {"select": "one_se", "space": {"l2": {"low": 1.0e-4, "high": 0.1}}}},
     "synthetic-binary": {"data": {"synthetic": "classification", "n_samples": 150,
                                   "classification": {"n_classes": 2}}, "split": {"folds": 1}},
     "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1}},
@@ -35,8 +39,13 @@ EXPECTED = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_repro_for_each_source_and_task(project, case):
     project.set_params(CASES[case])
-    project.run("dvc", "repro")
+    output = project.run("dvc", "repro").stdout
     root = project.path
+    if "tune" in CASES[case]:
+        chosen = yaml.safe_load((root / "models/best_params.yaml").read_text())
+        assert 1e-4 <= chosen["l2"] <= 0.1
+        assert ("has the lowest mean validation loss" in output
+                or "is the most regularised within one standard error" in output)
     task, metric_keys, baselines = EXPECTED[case]
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     assert metrics["task"] == task
