@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # so `python bench/<name>.py` finds the pipeline package from any directory
+
+from pipeline.config import ConfigError, parse_params  # noqa: E402
 # The README's tuning profile for tables (`dvc exp run -S ...` there; a test keeps the two the same).
 TABLES_PROFILE = ["split.folds=5", "tune.space.l2.low=1.0e-4", "tune.space.l2.high=0.1", "tune.select=one_se"]
 
@@ -58,8 +62,6 @@ def bench_params(args, set_per_run: dict[str, str], profile: list[str] = ()) -> 
             if key == owned or key.startswith(owned + "."):
                 raise SystemExit(f"--set {override}: the bench sets {owned} on every run ({by})")
     raw = default_params([*profile, *overrides])
-    from pipeline.config import ConfigError, parse_params
-
     try:
         parse_params(raw)  # fail before the first run, not an hour in
     except ConfigError as error:

@@ -520,11 +520,11 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
         raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
                          " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")
     chosen, threshold = choose_trial(study, params)
+    lowest = study.best_trial
     hp = trial_hyperparams(chosen, params)
-    if chosen.number == study.best_trial.number:
+    if chosen.number == lowest.number:
         print(f"tune: trial {chosen.number} has the lowest mean validation loss ({chosen.value:.4g})")
     else:
-        lowest = study.best_trial
         print(f"tune: trial {chosen.number} (L2 {hp.l2:.3g}, validation loss {chosen.value:.4g}) is the most"
               f" regularised within one standard error of the lowest, trial {lowest.number} (L2"
               f" {trial_hyperparams(lowest, params).l2:.3g}, {lowest.value:.4g}; threshold {threshold:.4g})")
@@ -533,7 +533,7 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
         # best_* is the trial train gets (tune.select); lowest_* the one with the lowest loss.
         mlflow.set_tags({"select": params.tune.select} | {f"best_{k}": v for k, v in chosen.params.items()})
         mlflow.log_metrics({"best_val_loss": chosen.value, "best_trial": chosen.number,
-                            "lowest_val_loss": study.best_value, "lowest_trial": study.best_trial.number,
+                            "lowest_val_loss": lowest.value, "lowest_trial": lowest.number,
                             "pruned_trials": len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))})
     return hp
 
