@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `python bench/<name>.py` finds the pipeline package from any directory
 
 from pipeline.config import ConfigError, parse_params  # noqa: E402
+
 # The README's tuning profile for tables (`dvc exp run -S ...` there; a test keeps the two the same).
 TABLES_PROFILE = ["split.folds=5", "tune.space.l2.low=1.0e-4", "tune.space.l2.high=0.1", "tune.select=one_se"]
 

@@ -519,8 +519,8 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
                          " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")
-    chosen, threshold = choose_trial(study, params)
     lowest = study.best_trial
+    chosen, threshold = choose_trial(study, lowest, params)
     hp = trial_hyperparams(chosen, params)
     if chosen.number == lowest.number:
         print(f"tune: trial {chosen.number} has the lowest mean validation loss ({chosen.value:.4g})")
@@ -542,8 +542,10 @@ def trial_hyperparams(trial: optuna.trial.FrozenTrial, params: Params) -> HyperP
     return suggest(optuna.trial.FixedTrial(trial.params), params.tune.space, params.train.hyperparams)
 
 
-def choose_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.FrozenTrial, float]:
-    """The finished trial whose hyperparameters train gets, and the loss threshold it was chosen under.
+def choose_trial(study: optuna.Study, lowest: optuna.trial.FrozenTrial,
+                 params: Params) -> tuple[optuna.trial.FrozenTrial, float]:
+    """The finished trial whose hyperparameters train gets, and the loss threshold it was chosen under;
+    `lowest` is the study's best trial.
 
     `best`: the lowest mean validation loss. `one_se`: the one-standard-error rule (Breiman et al.'s, as
     in glmnet's lambda.1se): of the trials whose mean loss is within one standard error of the lowest
@@ -551,7 +553,6 @@ def choose_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.Froz
     fewest hidden units. On a few hundred rows the lowest mean is partly the luck of the folds, and the
     search then tends to hand train a weakly penalised network that fits the folds' noise.
     """
-    lowest = study.best_trial
     if params.tune.select == "best":
         return lowest, lowest.value
     losses = lowest.user_attrs[FOLD_LOSSES_ATTR]

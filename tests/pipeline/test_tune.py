@@ -166,10 +166,9 @@ def finished_trial(fold_losses: list[float], l2: float, units_1: int = 16) -> op
                 "optimizer": ("adam", d.CategoricalDistribution(["sgd", "adam"])),
                 "activation": ("tanh", d.CategoricalDistribution(["tanh", "sigmoid"])),
                 "l2": (l2, d.FloatDistribution(1e-6, 1.0, log=True))}
-    trial = optuna.trial.create_trial(
+    return optuna.trial.create_trial(
         params={k: v for k, (v, _) in searched.items()}, distributions={k: dist for k, (_, dist) in searched.items()},
         value=sum(fold_losses) / len(fold_losses), user_attrs={"fold_losses": fold_losses})
-    return trial
 
 
 def test_one_se_picks_the_most_regularised_trial_within_one_standard_error_of_the_lowest():
@@ -184,10 +183,11 @@ def test_one_se_picks_the_most_regularised_trial_within_one_standard_error_of_th
         finished_trial([0.46, 0.56, 0.66], l2=1e-3),
     ]:
         study.add_trial(trial)
-    chosen, threshold = choose_trial(study, tiny_params({"split": {"folds": 3}, "tune": {"select": "one_se"}}))
+    one_se = tiny_params({"split": {"folds": 3}, "tune": {"select": "one_se"}})
+    chosen, threshold = choose_trial(study, study.best_trial, one_se)
     assert threshold == pytest.approx(0.5 + 0.1 / 3 ** 0.5)
     assert chosen.number == 3
-    lowest, threshold = choose_trial(study, tiny_params({"split": {"folds": 3}}))
+    lowest, threshold = choose_trial(study, study.best_trial, tiny_params({"split": {"folds": 3}}))
     assert (lowest.number, threshold) == (0, pytest.approx(0.5))
 
 
