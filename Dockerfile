@@ -1,6 +1,6 @@
 # Serving image: BentoML service over ONNX Runtime, with the packaged model baked in.
 #
-#   (first the pipeline's package stage: models/package/{model.onnx,card.json})
+#   (first the pipeline: `make run` writes models/package/{model.onnx,card.json,provenance.json})
 #   docker build -t keras-mlp-service .
 #   docker run --rm -p 3000:3000 --read-only --tmpfs /tmp keras-mlp-service
 #   (podman: `podman build --format docker ...`, or the OCI format drops the HEALTHCHECK)
@@ -43,9 +43,12 @@ RUN groupadd --system --gid "${APP_UID}" app \
 
 COPY --from=builder /opt/venv /opt/venv
 COPY service/ /opt/service/
-# The pipeline's package-stage output: model.onnx + card.json.
+# The pipeline's package-stage output: model.onnx, card.json, provenance.json.
 COPY models/package/ /opt/model/
-RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/service
+# Modes are set here, not taken from the build context: a host's umask or private temp files
+# must not decide whether the service user can read its model. Read-only for everyone.
+RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/service \
+ && chmod -R a=rX /opt/service /opt/model
 
 # Everything writable lives under /tmp, so the container runs with --read-only --tmpfs /tmp.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup run test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
+.PHONY: setup system-deps run test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
 
 ## setup: create .venv from the lock file (uv, bytecode compiled)
 setup: $(VENV)/.synced
@@ -25,12 +25,16 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --quiet
 	touch $@
 
-## run: the whole pipeline (generate -> split -> train -> evaluate)
+## system-deps: the Debian packages the tests drive for real (Chromium, PostgreSQL, podman); needs root
+system-deps:
+	bash scripts/install-system-deps.sh
+
+## run: the whole pipeline (generate -> split -> tune -> train -> evaluate -> package)
 run: setup
 	dvc repro
 
-## test: the full test suite (unit, end-to-end, service)
-test: setup
+## test: the full test suite (unit, end-to-end, service, browser, container); installs what it drives
+test: setup system-deps
 	pytest
 
 ## test-fast: unit tests only (no pipeline runs, no servers)
@@ -43,16 +47,18 @@ bench: setup
 	python bench/quality.py
 	python bench/datasets.py
 
-## serve: serve the latest packaged bento on http://127.0.0.1:3000 (POST /predict, GET /metadata)
+## serve: serve the bento `make run` built (models/bento.json) on http://127.0.0.1:3000 (POST /predict, GET /metadata)
 serve: setup
-	BENTOML_HOME=$(CURDIR)/bentoml bentoml serve keras-mlp-service:latest --host 127.0.0.1 --port $${PORT:-3000}
+	@test -f models/bento.json || { echo "error: no bento yet (models/bento.json): run 'make run' first" >&2; exit 2; }
+	BENTOML_HOME=$(CURDIR)/bentoml bentoml serve "$$(python -c 'import json; print(json.load(open("models/bento.json"))["bento"])')" \
+		--host 127.0.0.1 --port $${PORT:-3000}
 
 ## ui: the MLflow UI on the project's own store
 ui: setup
 	bash scripts/mlflow-ui.sh
 
 ## container-test: build the serving image and test it under podman (installs podman etc. if missing; needs root)
-container-test: setup
+container-test: setup system-deps
 	scripts/container-test.sh
 
 ## fuzz: fuzz the service from its own OpenAPI spec (schemathesis, ~6,700 cases): cases / 5xx / schema violations

@@ -72,11 +72,9 @@ def bench_params(args, set_per_run: dict[str, str], profile: list[str] = ()) -> 
 
 def run_pipeline(raw_params: dict):
     """generate -> split -> tune -> train -> evaluate's scoring; returns (metrics, best hyperparams, splits, model)."""
-    from pipeline.console import import_tensorflow_quietly
-    from pipeline.tracking import quiet_mlflow_logs
+    from pipeline.console import quiet_libraries
 
-    quiet_mlflow_logs()  # before the stages import MLflow, which reads its log level once, on import
-    import_tensorflow_quietly()
+    quiet_libraries()  # before the stages import MLflow, which reads its log level once, on import
     from pipeline.config import parse_params
     from pipeline.data import RAW_PATH, load, split, write_frame, write_splits
     from pipeline.evaluate import evaluate

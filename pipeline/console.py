@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -49,3 +50,22 @@ def import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tensorflow_notices_dropped():
         import tensorflow  # noqa: F401
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's alembic and model-logging chatter buries the pipeline's own output."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Against a tracking server MLflow prints two "View run/experiment at" lines per run: 60 for a 30-trial search.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    # uv's environments have no pip, so logging a model warns that conda.yaml lists pip unpinned;
+    # the model's own requirements are pinned (MODEL_PIP_REQUIREMENTS), so the warning says nothing.
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+
+
+def quiet_libraries() -> None:
+    """Before a stage imports TensorFlow or MLflow: their start-up and logging chatter off."""
+    quiet_mlflow_logs()
+    import_tensorflow_quietly()

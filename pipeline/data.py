@@ -18,6 +18,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig, SplitConfig
+from pipeline.errors import PipelineError
 
 RAW_PATH = Path("data/raw.parquet")
 SCHEMA_PATH = Path("data/schema.json")
@@ -26,7 +27,7 @@ SPLIT_NAMES = ("train", "val", "test")
 MAX_AUTO_CLASSES = 20  # an integer target with at most this many values is read as class labels
 
 
-class DataError(ValueError):
+class DataError(PipelineError):
     """Data that cannot be trained on; the message names the column or row."""
 
 

@@ -8,7 +8,6 @@ majority class and LogisticRegression.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ from pipeline.data import (  # noqa: E402
 )
 from pipeline.model import build_model, fit, members_of, predict, seed_everything  # noqa: E402
 from pipeline.registry import outcome_line, register_and_promote  # noqa: E402
-from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, RUN_INFO_PATH  # noqa: E402
+from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, MODEL_URI_TAG, find_run  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
 REGISTRY_PATH = Path("models/registry.json")
@@ -321,8 +320,8 @@ def main(params: Params) -> None:
     write_plots(model, splits, params)
 
     tracking.configure(params.tracking)
-    run_info = json.loads(RUN_INFO_PATH.read_text())
-    run_id = run_info["run_id"]
+    train_run = find_run(params.tracking.experiment)
+    run_id = train_run.info.run_id
     with mlflow.start_run(run_id=run_id):
         for name, values in metrics.items():
             if isinstance(values, dict):
@@ -337,7 +336,7 @@ def main(params: Params) -> None:
         return score(keras_predictor(champion, schema.task), splits, params)[primary]
 
     registry = register_and_promote(
-        params.tracking.registered_model, run_info["model_uri"], run_id, primary, metrics["model"][primary],
+        params.tracking.registered_model, train_run.data.tags[MODEL_URI_TAG], run_id, primary, metrics["model"][primary],
         rescore, {"task": schema.task, "features": ",".join(schema.features)},
     )
     write_json(REGISTRY_PATH, registry)

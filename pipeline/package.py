@@ -1,7 +1,9 @@
 """The package stage: champion model -> ONNX (parity-checked) + model card -> BentoML model and bento.
 
-The service reads only what this stage writes (model.onnx + card.json); it never imports
-TensorFlow, MLflow or this package.
+The service reads only what this stage writes (model.onnx, card.json, provenance.json); it never
+imports TensorFlow, MLflow or this package. model.onnx and card.json depend only on the stage's
+inputs, so a fresh clone's `dvc repro` reproduces dvc.lock; which MLflow run, registry version and
+commit they came from goes to provenance.json, which .dvcignore keeps out of DVC's hash.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,15 +19,17 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.artifacts import ensure_writable, write_json
+from pipeline.artifacts import atomic_dir, ensure_writable, file_sha256, write_json
 from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
+from pipeline.errors import PipelineError
 from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, calibration_residuals, interval_calibration
 from pipeline.model import predict
 from pipeline.registry import CHAMPION
 
 PACKAGE_DIR = Path("models/package")
-BENTO_INFO_PATH = Path("models/bento.json")
+PROVENANCE_FILE = "provenance.json"  # the service's model_bundle.PROVENANCE_FILE
+BENTO_INFO_PATH = Path("models/bento.json")  # the bento's tag, for `make serve`; outside DVC like provenance
 SERVICE_DIR = Path("service")
 PARITY_TOLERANCE = 1e-5
 DEFAULT_COVERAGE = 0.9
@@ -54,14 +57,12 @@ def export_onnx(model, path: Path, check_inputs: np.ndarray) -> float:
     onnx_out = session.run(None, {session.get_inputs()[0].name: check_inputs})[0]
     gap = float(np.max(np.abs(onnx_out - keras_out)))
     if not gap <= PARITY_TOLERANCE:
-        raise ValueError(f"package: ONNX export differs from Keras by {gap:.3g} (allowed {PARITY_TOLERANCE:g})")
+        raise PipelineError(f"package: ONNX export differs from Keras by {gap:.3g} (allowed {PARITY_TOLERANCE:g})")
     return gap
 
 
-def model_card(model, splits: Splits, params: Params, version, parity_gap: float) -> dict:
-    """What the service and a reader need to know about the packaged model."""
-    client = MlflowClient()
-    run = client.get_run(version.run_id) if version.run_id else None
+def model_card(model, splits: Splits, params: Params, run, parity_gap: float) -> dict:
+    """What the service and a reader need to know about the packaged model (`run`: its train run)."""
     schema = splits.schema
     interval = None
     if schema.task == "regression":
@@ -78,17 +79,25 @@ def model_card(model, splits: Splits, params: Params, version, parity_gap: float
         "class_labels": schema.class_labels,
         "interval": interval,
         "metrics": json.loads(METRICS_PATH.read_text())["model"],
-        "mlflow": {"run_id": version.run_id, "registered_model": version.name, "model_version": str(version.version),
-                   "alias": CHAMPION},
-        "git_commit": run.data.tags.get("git_commit") if run else None,
         "data_hash": run.data.tags.get("data_sha256") if run else None,
         "params": run.data.params if run else {},
         "onnx_parity_max_abs_diff": parity_gap,
     }
 
 
+def provenance(version, run, model_path: Path) -> dict:
+    """Where the packaged model came from; `model_sha256` ties it to this exact model.onnx."""
+    return {
+        "model_sha256": file_sha256(model_path),
+        "mlflow": {"run_id": version.run_id, "registered_model": version.name, "model_version": str(version.version),
+                   "alias": CHAMPION},
+        "git_commit": run.data.tags.get("git_commit") if run else None,
+    }
+
+
 def store_and_build(package_dir: Path, name: str) -> str:
-    """Put the package in the BentoML model store and build the bento from service/; return its tag."""
+    """Put the package in the BentoML model store under `name` and build the bento from service/,
+    told by the bento argument model_name which model to serve; return the bento's tag."""
     os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     import bentoml
@@ -96,7 +105,8 @@ def store_and_build(package_dir: Path, name: str) -> str:
     with bentoml.models.create(name, labels={"source": "pipeline"}) as stored:
         for item in package_dir.iterdir():
             shutil.copy2(item, Path(stored.path) / item.name)
-    bento = bentoml.bentos.build_bentofile(bentofile=str(SERVICE_DIR / "bentofile.yaml"), build_ctx=str(SERVICE_DIR))
+    bento = bentoml.bentos.build_bentofile(bentofile=str(SERVICE_DIR / "bentofile.yaml"), build_ctx=str(SERVICE_DIR),
+                                           args={"model_name": name})
     return str(bento.tag)
 
 
@@ -105,16 +115,13 @@ def main(params: Params) -> None:
     tracking.configure(params.tracking)
     name = json.loads(REGISTRY_PATH.read_text())["registered_model"]
     version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    run = MlflowClient().get_run(version.run_id) if version.run_id else None
     model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
     splits = read_splits()
-    staging = Path(tempfile.mkdtemp(prefix=".package.", dir=PACKAGE_DIR.parent))
-    try:
+    with atomic_dir(PACKAGE_DIR) as staging:
         gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
-        write_json(staging / "card.json", model_card(model, splits, params, version, gap))
-        shutil.rmtree(PACKAGE_DIR, ignore_errors=True)
-        staging.rename(PACKAGE_DIR)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(staging / "card.json", model_card(model, splits, params, run, gap))
+        write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
     tag = store_and_build(PACKAGE_DIR, name)
     write_json(BENTO_INFO_PATH, {"bento": tag, "model_version": str(version.version)})
     print(f"packaged {name} v{version.version}: ONNX parity {gap:.2g}, bento {tag}")

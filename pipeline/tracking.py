@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
 from pipeline.config import TrackingConfig
+from pipeline.errors import PipelineError
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -34,7 +33,7 @@ def _check_reachable(uri: str) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=5).close()
     except OSError as exc:
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({exc.strerror or exc})") from None
+        raise PipelineError(f"MLflow tracking server {uri} is unreachable ({exc.strerror or exc})") from None
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -72,16 +71,3 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def quiet_mlflow_logs() -> None:
-    """MLflow's alembic and model-logging chatter buries the pipeline's own output."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Against a tracking server MLflow prints two "View run/experiment at" lines per run: 60 for a 30-trial search.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")
-    # uv's environments have no pip, so logging a model warns that conda.yaml lists pip unpinned;
-    # the model's own requirements are pinned (MODEL_PIP_REQUIREMENTS), so the warning says nothing.
-    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)

@@ -14,14 +14,16 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
 from pipeline import tracking
-from pipeline.artifacts import atomic_path, ensure_writable, file_sha256, write_json
+from pipeline.artifacts import atomic_path, ensure_writable, file_sha256
 from pipeline.config import HyperParams, Params
 from pipeline.data import RAW_PATH, Fold, Schema, Splits, development_folds, features_and_target, read_splits
-from pipeline.model import EpochCallback, History, average, build_model, fit, member_name, seed_everything
+from pipeline.errors import PipelineError
+from pipeline.model import EpochCallback, History, average, build_model, fit, member_name, save_model, seed_everything
 
 MODEL_PATH = Path("models/model.keras")
-RUN_INFO_PATH = Path("models/train_run.json")
 LEARNING_CURVE_PATH = Path("plots/learning_curve.csv")
+MODEL_SHA256_TAG = "model_sha256"
+MODEL_URI_TAG = "model_uri"
 
 
 def model_for(hp: HyperParams, fold: Fold, schema: Schema, index: int, folds: int) -> keras.Model:
@@ -75,9 +77,10 @@ def run_name(hp: HyperParams, folds: int = 1) -> str:
 
 
 def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParams, params: Params,
-            splits: Splits) -> dict:
+            splits: Splits, model_sha256: str) -> str:
     """One MLflow run: params, the learning curve's per-epoch losses, the model with its signature,
-    provenance tags."""
+    provenance tags; returns its id. `model_sha256` (of models/model.keras) is how evaluate finds
+    the run: DVC's outputs hold no run ids, so a fresh clone's run reproduces dvc.lock."""
     x_example, _ = features_and_target(splits.train.head(5), splits.schema)
     best_epochs = [h.best_epoch or 0 for h in histories]
     with mlflow.start_run(run_name=run_name(hp, params.split.folds)) as run:
@@ -85,7 +88,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
                            "patience": params.train.patience, "min_epochs": params.train.min_epochs,
                            "seed": params.train.seed, "folds": params.split.folds})
         mlflow.set_tags({
-            "stage": "train", "git_commit": tracking.git_commit(),
+            "stage": "train", "git_commit": tracking.git_commit(), MODEL_SHA256_TAG: model_sha256,
             "data_sha256": file_sha256(RAW_PATH), "task": splits.schema.task,
             "features": ",".join(splits.schema.features),
             "data_rows": str(len(splits.train) + len(splits.val) + len(splits.test)),
@@ -103,23 +106,34 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
             model, name="model", signature=infer_signature(x_example, np.asarray(model(x_example))),
             pip_requirements=tracking.MODEL_PIP_REQUIREMENTS,
         )
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "best_epochs": best_epochs,
-            "epochs_run": [h.epochs_run for h in histories]}
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return run.info.run_id
+
+
+def find_run(experiment: str, model_path: Path = MODEL_PATH):
+    """The newest train run in the active experiment that logged exactly this model file (its bytes are deterministic, so
+    any run that did holds the same model); raises PipelineError when none did."""
+    sha256 = file_sha256(model_path)
+    runs = mlflow.search_runs(filter_string=f"tags.stage = 'train' and tags.{MODEL_SHA256_TAG} = '{sha256}'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise PipelineError(f"{model_path} was not logged by any train run in MLflow experiment {experiment!r} at "
+                            f"{mlflow.get_tracking_uri()}; run `dvc repro --force train`")
+    return runs[0]
 
 
 def main(params: Params, hp: HyperParams | None = None) -> None:
-    ensure_writable(MODEL_PATH, RUN_INFO_PATH, LEARNING_CURVE_PATH)
+    ensure_writable(MODEL_PATH, LEARNING_CURVE_PATH)
     splits = read_splits()
     hp = hp or params.train.hyperparams
     tracking.configure(params.tracking)
     model, histories = train(splits, hp, params)
     curve = learning_curve(histories)
-    run_info = log_run(model, histories, curve, hp, params, splits)
     with atomic_path(MODEL_PATH) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
+        run_id = log_run(model, histories, curve, hp, params, splits, file_sha256(tmp))
     with atomic_path(LEARNING_CURVE_PATH) as tmp:
         curve.to_csv(tmp, index=False)
-    write_json(RUN_INFO_PATH, run_info)
     epochs = "/".join(str(h.epochs_run) for h in histories)
     best = "/".join(str(h.best_epoch) for h in histories)
-    print(f"trained {run_name(hp, params.split.folds)}: {epochs} epochs, best {best}, MLflow run {run_info['run_id']}")
+    print(f"trained {run_name(hp, params.split.folds)}: {epochs} epochs, best {best}, MLflow run {run_id}")

@@ -42,6 +42,8 @@ from pipeline import tracking
 from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
 from pipeline.data import RAW_PATH, Splits, development_folds, read_splits
+from pipeline.errors import PipelineError
+from pipeline.imports import closure, module_file
 from pipeline.sampling import ResumableTPESampler
 from pipeline.train import fit_fold
 
@@ -60,7 +62,6 @@ MAX_RETRY = 2  # a lost trial is queued again (same hyperparameters) at most thi
 POLL_S = 1.0  # how often a process with nothing to run looks again
 JOIN_TIMEOUT_S = 600  # how long `tune --worker` waits for the stage to create the study
 LOCK_KEY = 0x74756E652D6C6F63  # PostgreSQL advisory lock id ("tune-loc")
-CODE_FILES = ("model.py", "train.py", "tune.py")  # what a trial's result depends on
 REPORT_EVERY = 5  # epochs between pruning checks
 FOLD_LOSSES_ATTR = "fold_losses"  # each fold's smoothed best validation loss; tune.select: one_se needs them
 
@@ -97,7 +98,7 @@ def study_name(params: Params) -> str:
     fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials", "select"}),
                               "base": params.train.hyperparams.model_dump(), "split": params.split.model_dump(),
                               "seed": params.train.seed, "data": file_sha256(RAW_PATH),
-                              "code": [file_sha256(Path(__file__).with_name(name)) for name in CODE_FILES]},
+                              "code": [file_sha256(module_file(name)) for name in sorted(closure({__name__}))]},
                              sort_keys=True)
     return f"{params.tracking.experiment}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
@@ -291,7 +292,7 @@ def _storage_lock(url: str) -> Iterator[None]:
 def heartbeat_interval() -> int:
     raw = os.environ.get("TUNE_HEARTBEAT_INTERVAL") or str(HEARTBEAT_INTERVAL_S)
     if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"TUNE_HEARTBEAT_INTERVAL must be a whole number of seconds >= 1, got {raw!r}")
+        raise PipelineError(f"TUNE_HEARTBEAT_INTERVAL must be a whole number of seconds >= 1, got {raw!r}")
     return int(raw)
 
 
@@ -345,7 +346,7 @@ def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None
             return optuna.load_study(**kwargs)
         except KeyError:
             if time.monotonic() > deadline:
-                raise ValueError(f"tune --worker: no study {kwargs['study_name']} in {where} after {JOIN_TIMEOUT_S} s;"
+                raise PipelineError(f"tune --worker: no study {kwargs['study_name']} in {where} after {JOIN_TIMEOUT_S} s;"
                                  " the tune stage (dvc repro) creates it, and a worker needs the same params, data and"
                                  " code, and the same TUNE_STORAGE, to find it") from None
             if attempt == 0:
@@ -517,7 +518,7 @@ def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | 
         return None
     logger.log_missing(study)
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise ValueError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
+        raise PipelineError(f"tune: none of the {finished_trials(study)} trials completed (all were pruned or diverged;"
                          " the MLflow child runs say why); try a lower tune.space.learning_rate or more tune.epochs")
     lowest = study.best_trial
     chosen, threshold = choose_trial(study, lowest, params)

@@ -5,7 +5,9 @@ pipeline code, so the serving image stays small and start-up stays fast.
 """
 
 import functools
+import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,6 +21,12 @@ from api_models import ModelCard, validation_summary
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+# Which MLflow run, registry version and commit produced the files: written beside them by the
+# pipeline but outside DVC's hash of the package, since it differs between identical rebuilds.
+PROVENANCE_FILE = "provenance.json"
+PROVENANCE_KEYS = ("mlflow", "git_commit")
+
+logger = logging.getLogger(__name__)
 
 
 class StartupError(RuntimeError):
@@ -56,7 +64,7 @@ class ModelBundle:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise StartupError(f"model directory {model_dir} does not exist")
-        card = read_card(model_dir / CARD_FILE)
+        card = read_card(model_dir / CARD_FILE, read_provenance(model_dir))
         session = open_session(model_dir / MODEL_FILE)
         return cls(card, session, model_dir)
 
@@ -164,7 +172,27 @@ class ModelBundle:
         return n / (n + 1)
 
 
-def read_card(path: Path) -> ModelCard:
+def read_provenance(model_dir: Path) -> dict:
+    """The provenance fields for the card, or {} when there are none for this model.onnx.
+
+    A provenance file left from another build (e.g. after `dvc checkout` of an older package)
+    would label the model with someone else's run: it is ignored with a warning instead.
+    """
+    path, model = model_dir / PROVENANCE_FILE, model_dir / MODEL_FILE
+    if not (path.is_file() and model.is_file()):
+        return {}  # a missing model.onnx is reported by open_session
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        model_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("model_sha256") != model_sha256:
+        logger.warning("%s describes another %s; serving without run provenance", path, MODEL_FILE)
+        return {}
+    return {key: raw[key] for key in PROVENANCE_KEYS if key in raw}
+
+
+def read_card(path: Path, provenance: dict | None = None) -> ModelCard:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -175,6 +203,8 @@ def read_card(path: Path) -> ModelCard:
         raw = json.loads(text)
     except ValueError as exc:
         raise StartupError(f"model card {path} is not valid JSON: {exc}") from exc
+    if isinstance(raw, dict):
+        raw = {**raw, **(provenance or {})}
     try:
         return ModelCard.model_validate(raw)
     except ValidationError as exc:

@@ -3,7 +3,9 @@
     cd service && bentoml serve service:MLPService
 
 The model is a directory holding model.onnx and card.json: $SERVICE_MODEL_DIR when set,
-otherwise the latest `keras-mlp` in the BentoML model store (the pipeline puts it there).
+otherwise the latest model named by the bento argument `model_name` in the BentoML model
+store. The pipeline's package stage stores it under params.yaml's tracking.registered_model
+and builds the bento with that argument, so `make serve` needs neither.
 It is loaded and checked when this module is imported, so a missing or corrupt model,
 an invalid card or a card/model mismatch stops `bentoml serve` with a non-zero exit
 before it ever reports ready; and the request schema can be built from the card.
@@ -75,8 +77,7 @@ from api_models import (
 from http_gate import HttpGate, RequestTimeout
 from model_bundle import ModelBundle, Outputs, StartupError
 
-MODEL_NAME = "keras-mlp"
-MODEL_REF = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+MODEL_NAME: str | None = getattr(bentoml.use_arguments(), "model_name", None)
 
 # Batches up to this size run on the event loop (ONNX Runtime needs microseconds for
 # them; a thread hop would cost more). Larger ones go to a worker thread so other
@@ -136,11 +137,16 @@ def _coverage_from_env(env: Mapping[str, str]) -> float | None:
 def model_directory(settings: Settings) -> Path:
     if settings.model_dir is not None:
         return settings.model_dir
-    stored = MODEL_REF.stored  # local store only; never a remote lookup
+    if MODEL_NAME is None:
+        raise StartupError(
+            "no model to serve: set SERVICE_MODEL_DIR, serve the bento the pipeline built "
+            "(`make serve`), or pass `--arg model_name=NAME` for a model in the BentoML store"
+        )
+    stored = bentoml.models.BentoModel(f"{MODEL_NAME}:latest").stored  # local store only
     if stored is None:
         raise StartupError(
-            f"no model to serve: set SERVICE_MODEL_DIR, or store '{MODEL_NAME}' in the BentoML "
-            "model store (the pipeline does; see `bentoml models list`)"
+            f"no model to serve: '{MODEL_NAME}' is not in the BentoML model store "
+            "(the pipeline's package stage puts it there; see `bentoml models list`)"
         )
     return Path(stored.path)
 
@@ -180,7 +186,7 @@ class MLPService:
     if SETTINGS.model_dir is None:
         # Declared only when it is what we load: `bentoml serve` resolves every declared
         # model before starting, and `bentoml build` bundles it into the bento.
-        model_ref = MODEL_REF
+        model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
 
     def __init__(self) -> None:
         self.bundle = BUNDLE

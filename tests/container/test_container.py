@@ -1,9 +1,14 @@
-"""The serving image, built from the top-level Dockerfile and run under podman.
+"""The newcomer's journey, on real artifacts: pipeline -> package -> image -> answers.
 
-Builds the image (on a local Debian stand-in for python:3.11-slim, since no image registry
-is reachable here), runs it read-only as it would be deployed, and checks it answers like
-ONNX Runtime does on the same model directory, as a non-root user, with a passing HEALTHCHECK.
+What the README tells a user to do, in a fresh copy of the project (small params, a renamed
+registered model): `dvc repro`, commit, clone, `dvc repro` again in the clone (the committed
+dvc.lock must be reproduced: `git status` clean), `make serve`'s bento, and the image built by the
+top-level Dockerfile from that clone's own models/package (no hand-made model anywhere). The image
+runs as deployed (read-only root, non-root user, a tmpfs for /tmp) and must answer exactly as the
+local service does. Then an edit to each pipeline module must make `dvc status` report exactly
+the stages that import it. One image build per run: every check here shares it.
 
+Built on a local Debian stand-in for python:3.11-slim, since no image registry is reachable here.
 Needs root (or sudo) on a Debian-like machine: scripts/install-container-tools.sh installs
 podman, buildah, runc and debootstrap when missing. Run it with `make container-test`
 (or: scripts/container-test.sh). Timings are printed and written to
@@ -14,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -23,8 +27,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import numpy as np
+import httpx
 import pytest
+
+from tests.conftest import Project, make_project, run
+from tests.pipeline.test_stage_deps import declared_stages, stage_modules
+from tests.service.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -36,6 +44,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 TIMINGS: dict[str, float | int | str] = {}
+# Small, and with a registered model name of its own: the served model must follow params.yaml.
+JOURNEY_PARAMS = {"tracking": {"registered_model": "line-mlp"}}
 
 
 def record(name: str, value: float | int | str) -> None:
@@ -85,54 +95,36 @@ def base_image(podman_env: dict[str, str]) -> str:
     return BASE_IMAGE
 
 
-def tiny_regression_model(directory: Path) -> None:
-    """y = 2x + 1 on one feature x in [-1, 1], with a card the service accepts."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
-        "tiny_regression",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[numpy_helper.from_array(np.array([[2.0]], np.float32), "W"),
-                     numpy_helper.from_array(np.array([1.0], np.float32), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(directory / "model.onnx"))
-    card = {
-        "name": "keras-mlp", "task": "regression",
-        "features": [{"name": "x", "min": -1.0, "max": 1.0}], "target": "y", "class_labels": None,
-        "interval": {"method": "split-conformal", "calibration": "validation", "default_coverage": 0.9,
-                     "abs_residuals": [0.01, 0.02, 0.05, 0.1, 0.2]},
-        "metrics": {}, "mlflow": {"run_id": None, "model_version": None},
-        "git_commit": None, "data_hash": None, "params": {},
-    }
-    (directory / "card.json").write_text(json.dumps(card, indent=2))
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A clone of a project whose first `dvc repro` was committed, after its own `dvc repro`."""
+    first = make_project(tmp_path_factory.mktemp("first") / "project", JOURNEY_PARAMS)
+    start = time.monotonic()
+    first.run("dvc", "repro", timeout=1200)
+    record("first_repro_seconds", time.monotonic() - start)
+    first.commit("first run")
+    clone = Project(tmp_path_factory.mktemp("clone") / "project")
+    run(["git", "clone", "-q", str(first.path), str(clone.path)], cwd=first.path.parent)
+    start = time.monotonic()
+    clone.run("dvc", "repro", timeout=1200)
+    record("clone_repro_seconds", time.monotonic() - start)
+    return clone
 
 
 @pytest.fixture(scope="module")
-def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Dockerfile + .dockerignore + service/ + models/package (the repo's, else a tiny model)."""
-    ctx = tmp_path_factory.mktemp("context")
-    shutil.copy2(ROOT / "Dockerfile", ctx / "Dockerfile")
-    shutil.copy2(ROOT / ".dockerignore", ctx / ".dockerignore")
-    shutil.copytree(ROOT / "service", ctx / "service", ignore=shutil.ignore_patterns("__pycache__", "bentoml"))
-    package = ROOT / "models" / "package"
-    if (package / "model.onnx").is_file() and (package / "card.json").is_file():
-        shutil.copytree(package, ctx / "models" / "package")
-        record("model", "models/package")
-    else:
-        tiny_regression_model(ctx / "models" / "package")
-        record("model", "tiny y=2x+1")
-    return ctx
+def local_service(journey: Project, tmp_path_factory: pytest.TempPathFactory):
+    """`make serve`: the bento the package stage built, from the project's BentoML store."""
+    bento = json.loads((journey.path / "models/bento.json").read_text())["bento"]
+    logs = tmp_path_factory.mktemp("serve")
+    server = Server(None, logs / "serve.log", journey.path / "bentoml", bento=bento).start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def image(podman_env: dict[str, str], base_image: str, build_context: Path):
+def image(podman_env: dict[str, str], base_image: str, journey: Project):
     tag = f"localhost/keras-mlp-service:test-{uuid.uuid4().hex[:8]}"
     cmd = ["podman", "build", "--format", "docker", "--layers=false", "--pull=never",
            "--build-arg", f"BASE_IMAGE={base_image}", "-t", tag]
@@ -140,7 +132,7 @@ def image(podman_env: dict[str, str], base_image: str, build_context: Path):
         cmd += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     start = time.monotonic()
     try:
-        sh([*cmd, str(build_context)], env=podman_env, timeout=1800)
+        sh([*cmd, "."], env=podman_env, timeout=1800, cwd=journey.path)  # the README's `docker build .`
         record("image_build_seconds", time.monotonic() - start)
         size = int(sh(["podman", "image", "inspect", "--format", "{{.Size}}", tag], env=podman_env).stdout)
         record("image_size_mb", size / 1e6)
@@ -222,29 +214,51 @@ def container(podman_env: dict[str, str], image: str):
 # Tests
 
 
-def reference_outputs(model_dir: Path, rows: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+def test_a_fresh_clone_reproduces_the_committed_lock(journey: Project) -> None:
+    status = journey.run("git", "status", "--porcelain").stdout
+    assert status == "", f"`dvc repro` in a fresh clone changed tracked files:\n{status}"
+    assert json.loads(journey.run("dvc", "status", "--json").stdout) == {}
 
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: rows.astype(np.float32)})[0].astype(np.float64)
+
+def test_outputs_have_ordinary_modes(journey: Project) -> None:
+    """What an ordinary write gives (the umask), so any user and the image can read them."""
+    umask = os.umask(0o022)  # the test runner's, inherited by dvc repro
+    os.umask(umask)
+    for path in ["models/package", "models/package/card.json", "models/package/model.onnx", "models/registry.json",
+                 "metrics/evaluate.json", "models/model.keras"]:
+        full = journey.path / path
+        expected = (0o777 if full.is_dir() else 0o666) & ~umask
+        assert full.stat().st_mode & 0o777 == expected, (path, oct(full.stat().st_mode & 0o777))
 
 
-def test_predict_matches_onnxruntime(container: Container, build_context: Path) -> None:
-    model_dir = build_context / "models" / "package"
-    card = json.loads((model_dir / "card.json").read_text())
-    rows = np.full((1, len(card["features"])), 0.5)  # {"x": [[0.5]]} for the one-feature model
-    status, body = http("POST", f"{container.url}/predict", {"x": rows.tolist()})
-    assert status == 200, body
-    answer = json.loads(body)
-    expected = reference_outputs(model_dir, rows)
-    if card["task"] == "regression":
-        np.testing.assert_allclose(answer["predictions"], expected[:, 0], rtol=1e-6, atol=1e-6)
-        if TIMINGS.get("model") == "tiny y=2x+1":
-            assert answer["predictions"] == pytest.approx([2.0])  # 2 * 0.5 + 1
-    elif card["task"] == "binary":
-        np.testing.assert_allclose([p[1] for p in answer["probabilities"]], expected[:, 0], rtol=1e-6, atol=1e-6)
-    else:
-        np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-6, atol=1e-6)
+def test_container_answers_as_the_local_service(container: Container, local_service: Server, journey: Project) -> None:
+    card = json.loads((journey.path / "models/package/card.json").read_text())
+    assert card["name"] == "line-mlp"
+    rows = [[-2.5], [-0.3], [0.0], [0.7], [3.0]]
+    for body in ({"x": rows}, {"x": rows, "coverage": 0.8}, {"records": [{"x": 0.25}]}):
+        status, served = http("POST", f"{container.url}/predict", body)
+        local = httpx.post(f"{local_service.url}/predict", json=body, timeout=30)
+        assert status == 200 and local.status_code == 200, (served, local.text)
+        assert json.loads(served) == local.json()
+    status, metadata = http("GET", f"{container.url}/metadata")
+    assert status == 200 and json.loads(metadata) == httpx.get(f"{local_service.url}/metadata", timeout=30).json()
+    metadata = json.loads(metadata)
+    assert metadata["mlflow"]["registered_model"] == "line-mlp" and metadata["mlflow"]["model_version"] == "1"
+    assert metadata["metrics"] == json.loads((journey.path / "metrics/evaluate.json").read_text())["model"]
+
+
+def test_editing_a_module_reruns_the_stages_that_import_it(journey: Project) -> None:
+    importers = {stage: stage_modules(stage) for stage in declared_stages()}
+    for module in sorted(set().union(*importers.values())):
+        path = journey.path / "pipeline" / f"{module.split('.', 1)[1]}.py"
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            changed = set(json.loads(journey.run("dvc", "status", "--json").stdout))
+        finally:
+            path.write_text(original)
+        expected = {stage for stage, modules in importers.items() if module in modules}
+        assert changed == expected, f"editing {path.name}: dvc status reports {sorted(changed)}"
 
 
 def test_bad_request_is_a_client_error(container: Container) -> None:

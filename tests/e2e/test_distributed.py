@@ -267,8 +267,8 @@ def test_pipeline_runs_unchanged_against_the_tracking_server(project, infra):
     assert registry["promoted"] and registry["version"] == "1"
 
     # The package stage loaded models:/keras-mlp@champion through the server (artifacts proxied from its root).
-    card = json.loads((root / "models/package/card.json").read_text())
-    assert card["mlflow"]["model_version"] == "1" and card["mlflow"]["run_id"] == champion["run_id"]
+    provenance = json.loads((root / "models/package/provenance.json").read_text())
+    assert provenance["mlflow"]["model_version"] == "1" and provenance["mlflow"]["run_id"] == champion["run_id"]
     assert any(path.name == "MLmodel" for path in infra.artifacts.rglob("MLmodel"))
     runs = rest(infra.tracking_uri, "runs/get", run_id=champion["run_id"])["run"]
     assert {"key": "stage", "value": "train"} in runs["data"]["tags"]

@@ -54,9 +54,9 @@ def test_repro_outputs_metrics_mlflow_and_determinism(project):
     assert len(history) == run.data.metrics["epochs_run"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/predictions.png" in artifacts and "plots/residuals.png" in artifacts
-    model_uri = json.loads((root / "models/train_run.json").read_text())["model_uri"]
+    assert run.data.tags["model_sha256"] == file_sha256(root / "models/model.keras")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    assert mlflow.models.get_model_info(model_uri).signature is not None
+    assert mlflow.models.get_model_info(run.data.tags["model_uri"]).signature is not None
 
     check_package_and_service(root, run.info.run_id, tmp_path_factory_dir=root.parent)
 
@@ -73,8 +73,11 @@ def check_package_and_service(root, run_id, tmp_path_factory_dir):
     card = json.loads((root / "models/package/card.json").read_text())
     train = __import__("pandas").read_parquet(root / "data/split/train.parquet")
     assert card["features"] == [{"name": "x", "min": float(train["x"].min()), "max": float(train["x"].max())}]
-    assert card["mlflow"]["run_id"] == run_id and card["mlflow"]["model_version"] == "1"
-    assert card["data_hash"] == file_sha256(root / "data/raw.parquet") and len(card["git_commit"]) >= 40
+    assert "mlflow" not in card and "git_commit" not in card  # run provenance stays out of DVC's hash
+    provenance = json.loads((root / "models/package/provenance.json").read_text())
+    assert provenance["mlflow"]["run_id"] == run_id and provenance["mlflow"]["model_version"] == "1"
+    assert provenance["model_sha256"] == file_sha256(root / "models/package/model.onnx")
+    assert card["data_hash"] == file_sha256(root / "data/raw.parquet") and len(provenance["git_commit"]) >= 40
     assert card["onnx_parity_max_abs_diff"] <= 1e-5 and len(card["interval"]["abs_residuals"]) == 12
     bento = json.loads((root / "models/bento.json").read_text())["bento"]
     assert (root / "bentoml/bentos" / bento.replace(":", "/") / "bento.yaml").exists()
@@ -88,7 +91,8 @@ def check_package_and_service(root, run_id, tmp_path_factory_dir):
         answer = httpx.post(f"{server.url}/predict", json={"x": x.tolist()}, timeout=30).json()
         np.testing.assert_allclose(answer["predictions"], expected, atol=1e-5)
         assert answer["extrapolated"] == [True, False, False, False, True]
-        assert httpx.get(f"{server.url}/metadata", timeout=30).json()["mlflow"]["run_id"] == run_id
+        metadata = httpx.get(f"{server.url}/metadata", timeout=30).json()
+        assert metadata["mlflow"]["run_id"] == run_id and metadata["git_commit"] == provenance["git_commit"]
     finally:
         server.stop()
 

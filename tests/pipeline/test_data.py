@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import SplitConfig, load_params
-from pipeline.data import development_folds, development_rows, features_and_target, load, sample_fresh, split
+from pipeline.data import DataError, development_folds, development_rows, features_and_target, load, sample_fresh, split
 from pipeline.data import generate_line as generate
 from tests.conftest import ROOT
 
@@ -52,7 +52,7 @@ def test_split_fractions_seed_and_disjointness():
 
 def test_split_refuses_too_few_rows():
     frame, schema = load(TUTORIAL.model_copy(update={"n_samples": 10}))
-    with pytest.raises(ValueError, match="each part needs at least 2 rows"):
+    with pytest.raises(DataError, match="each part needs at least 2 rows"):
         split(frame, schema, SplitConfig(train=0.8, val=0.1, test=0.1, seed=0, folds=1))
 
 
@@ -97,11 +97,11 @@ def test_split_refuses_more_folds_than_a_class_has_rows():
     frame, schema = _classification(n_samples=40, n_classes=2)
     counts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=1))
     smallest = int(development_rows(counts, 2)[schema.target].value_counts().min())
-    with pytest.raises(ValueError, match=rf"split.folds \({smallest + 1}\): class .* has {smallest} rows in train \+ val"):
+    with pytest.raises(DataError, match=rf"split.folds \({smallest + 1}\): class .* has {smallest} rows in train \+ val"):
         split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=smallest + 1))
 
 
 def test_split_refuses_folds_of_fewer_than_two_rows():
     frame, schema = load(TUTORIAL.model_copy(update={"n_samples": 20}))
-    with pytest.raises(ValueError, match=r"split.folds \(9\): train \+ val have 16 rows; .* at most 8 folds"):
+    with pytest.raises(DataError, match=r"split.folds \(9\): train \+ val have 16 rows; .* at most 8 folds"):
         split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=9))

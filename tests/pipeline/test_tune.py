@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
 from pipeline.data import RAW_PATH, load, split, write_frame
+from pipeline.errors import PipelineError
 from pipeline.tune import BEST_PARAMS_PATH, main as tune_main, open_study, read_best_params, storage_url
 from tests.conftest import ROOT, TINY, merge
 
@@ -96,7 +97,7 @@ def test_diverging_trials_are_pruned_and_a_search_with_no_survivor_fails_clearly
     # SGD at a learning rate near 10 on standardised data blows up within a few steps.
     params = tiny_params({"tune": {"n_trials": 2, "space": {
         "optimizer": ["sgd"], "learning_rate": {"low": 8.0, "high": 10.0}, "dropout": {"low": 0.0, "high": 0.0}}}})
-    with pytest.raises(ValueError, match=r"none of the 2 trials completed .*tune.space.learning_rate"):
+    with pytest.raises(PipelineError, match=r"none of the 2 trials completed .*tune.space.learning_rate"):
         run_tune(tmp_path, monkeypatch, params)
     assert not BEST_PARAMS_PATH.exists()
     trials = open_study(params).get_trials()

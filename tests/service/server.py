@@ -32,14 +32,16 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """One `bentoml serve` process tree."""
+    """One `bentoml serve` process tree: service/ on `model_dir`, or a built bento (`bento` is its
+    tag; `model_dir` None) from `bentoml_home`'s store, as `make serve` runs it."""
 
-    model_dir: Path
+    model_dir: Path | None
     log_path: Path
     bentoml_home: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    bento: str | None = None
 
     @property
     def url(self) -> str:
@@ -50,13 +52,13 @@ class Server:
         env.update(
             BENTOML_HOME=str(self.bentoml_home),
             BENTOML_DO_NOT_TRACK="True",
-            SERVICE_MODEL_DIR=str(self.model_dir),
+            **({"SERVICE_MODEL_DIR": str(self.model_dir)} if self.model_dir else {}),
             **self.env,
         )
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(BENTOML), "serve", "service:MLPService", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=SERVICE_DIR,
+            [str(BENTOML), "serve", self.bento or "service:MLPService", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.bentoml_home.parent if self.bento else SERVICE_DIR,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
