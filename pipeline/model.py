@@ -246,12 +246,23 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model(tf.constant(x, dtype=tf.float32), training=False))
 
 
+def _renumber_shared_objects(node, numbers: dict[int, int]):
+    if isinstance(node, dict):
+        return {key: numbers.setdefault(value, len(numbers) + 1) if key == "shared_object_id"
+                else _renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    return node
+
+
 def save_model(model: keras.Model, path: Path) -> None:
     """Save a .keras archive whose bytes depend only on the model.
 
-    Keras stamps the save time into metadata.json and into the weights' zip entry, so the same
-    weights saved twice differ: DVC would record a changed output for every identical re-run, and
-    a fresh clone's `dvc repro` could never reproduce the committed dvc.lock.
+    Keras stamps the save time into metadata.json and the weights' zip entry, and numbers shared
+    objects in config.json by their memory address, so the same weights saved twice differ: DVC
+    would record a changed output for every identical re-run, and a fresh clone's `dvc repro`
+    could never reproduce the committed dvc.lock. Shared objects are renumbered in order of first
+    appearance, which keeps which config entries share an object.
     """
     model.save(path)
     with zipfile.ZipFile(path) as archive:
@@ -262,6 +273,8 @@ def save_model(model: keras.Model, path: Path) -> None:
                 metadata = json.loads(data)
                 metadata.pop("date_saved", None)
                 data = json.dumps(metadata).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type, fixed.external_attr = info.compress_type, 0o644 << 16
             archive.writestr(fixed, data)

@@ -27,7 +27,7 @@ TINY = {  # small enough that a whole `dvc repro` is dominated by imports
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
