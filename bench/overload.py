@@ -3,7 +3,7 @@
     .venv/bin/python bench/overload.py [--connections 600 | --rate 2000] [--duration 10]
         [--model-dir DIR] [--env SERVICE_MAX_QUEUE_DELAY_MS=250 ...] [--log server.log]
 
-Starts `bentoml serve service:MLPService` on 127.0.0.1 (tests/service/server.py) with the
+Starts `bentoml serve service:MLPService` on 127.0.0.1 (devtools/server.py) with the
 packaged model in models/package when it is there, else the tiny y = 2x + 1 model, in the
 service's default configuration plus any --env settings. Then, for --duration seconds,
 single-row POST /predict requests (plain asyncio, hand-written HTTP/1.1, as bench/soak.py):
@@ -36,8 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service import tiny_onnx_models as models  # noqa: E402
-from tests.service.server import Server  # noqa: E402
+from devtools import tiny_onnx_models as models  # noqa: E402
+from devtools.server import Server  # noqa: E402
 
 from rawhttp import percentile, read_response, request_bytes  # noqa: E402
 

@@ -13,7 +13,7 @@ import httpx
 import onnx
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from .tiny_onnx_models import ABS_RESIDUALS, direct_predictions
+from devtools.tiny_onnx_models import ABS_RESIDUALS, direct_predictions
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """A real `bentoml serve service:MLPService` process tree on 127.0.0.1, for tests and benches.
 
-Used by the service tests (through conftest.py), bench/soak.py and scripts/fuzz.py.
+Used by the service tests (through conftest.py), the benches and scripts/fuzz.py.
 The server runs from service/ with its own BENTOML_HOME and SERVICE_MODEL_DIR, bound to
 127.0.0.1 on a free port; stop() ends the whole tree (arbiter and workers).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SERVICE_DIR = REPO / "service"
 BENTOML = Path(sys.executable).parent / "bentoml"
 READY_TIMEOUT_S = 60
