@@ -46,6 +46,7 @@ are never shed.
   at 600 connections: the default of 250 ms leaves 64 connections alone and sheds 600.
 """
 
+import functools
 import json
 import logging
 import math
@@ -91,6 +92,8 @@ class Settings:
     max_rows: int
     max_body_bytes: int
     max_concurrency: int
+    max_uploads: int
+    body_timeout_s: int
     max_queue_delay_ms: int
     request_timeout_s: int
     api_token: SecretStr | None  # SecretStr: never shown by repr or logs
@@ -107,6 +110,8 @@ class Settings:
             max_rows=_positive_int_from_env(env, "SERVICE_MAX_ROWS", 10_000),
             max_body_bytes=_positive_int_from_env(env, "SERVICE_MAX_BODY_BYTES", 2 * 1024 * 1024),
             max_concurrency=_positive_int_from_env(env, "SERVICE_MAX_CONCURRENCY", 256),
+            max_uploads=_positive_int_from_env(env, "SERVICE_MAX_UPLOADS", 128),
+            body_timeout_s=_positive_int_from_env(env, "SERVICE_BODY_TIMEOUT_S", 10),
             max_queue_delay_ms=_positive_int_from_env(env, "SERVICE_MAX_QUEUE_DELAY_MS", 250),
             request_timeout_s=_positive_int_from_env(env, "SERVICE_REQUEST_TIMEOUT_S", 30),
             api_token=SecretStr(token) if token else None,
@@ -327,6 +332,24 @@ class _DropClientValidationErrors(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientValidationErrors())
 
+@functools.cache
+def _gate_answers():
+    # Imported on first use, not with this module: BentoML's worker sets
+    # PROMETHEUS_MULTIPROC_DIR after importing it, and prometheus_client reads it on import.
+    import prometheus_client
+
+    return prometheus_client.Counter(
+        "service_gate_answers",
+        "Requests HttpGate answered itself (never seen by BentoML's request metrics), by "
+        "status and reason; 499: the client went away before its body was in",
+        ["status", "reason"],
+    )
+
+
+def count_gate_answer(status: int, reason: str) -> None:
+    _gate_answers().labels(status=str(status), reason=reason).inc()
+
+
 # BentoML builds its middleware stack after importing this module and looks the timeout
 # middleware up by name at that point; see RequestTimeout for why it is replaced.
 bentoml_traffic.TimeoutMiddleware = RequestTimeout
@@ -338,7 +361,10 @@ MLPService.add_asgi_middleware(
     api_token=SETTINGS.api_token,
     max_body_bytes=SETTINGS.max_body_bytes,
     max_concurrency=SETTINGS.max_concurrency,
+    max_uploads=SETTINGS.max_uploads,
+    body_timeout_s=SETTINGS.body_timeout_s,
     max_queue_delay_ms=SETTINGS.max_queue_delay_ms,
     describe_errors=lambda errors: describe_validation_errors(errors, ERROR_HINTS),
     patch_openapi=patch_openapi,
+    count=count_gate_answer,
 )
