@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import h11
 from pydantic import SecretStr
 from starlette.routing import Match
 
@@ -165,10 +166,7 @@ class HttpGate:
         self.routes = app.routes
 
     def _routed(self, scope: Scope) -> bool:
-        routes = self.routes if self.routes is not None else getattr(scope.get("app"), "routes", None)
-        if routes is None:  # a bare app in front of no router (tests): everything is routed
-            return True
-        return any(route.matches(scope)[0] is not Match.NONE for route in routes)
+        return routed(scope, self.routes)
 
     async def _guarded(self, app, scope: Scope, receive: Receive, send: Send) -> None:
         """Run `app`; an exception before the answer started is a 500 {"error": ...}, logged
@@ -317,6 +315,16 @@ class HttpGate:
         return _rewriting_body(send, lambda status: status == 200, patched)
 
 
+def routed(scope: Scope, routes: list | None = None) -> bool:
+    """Whether a route of the Starlette app (`routes`, else the one in scope["app"]) takes this
+    path; with no router at all (a bare app, as in tests) every path is routed."""
+    if routes is None:
+        routes = getattr(scope.get("app"), "routes", None)
+        if routes is None:
+            return True
+    return any(route.matches(scope)[0] is not Match.NONE for route in routes)
+
+
 def _headers_of_interest(scope: Scope) -> dict[bytes, bytes]:
     wanted = (b"authorization", b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
     return {name: value for name, value in scope["headers"] if name in wanted}
@@ -361,6 +369,21 @@ async def send_error(
 ) -> None:
     body = json.dumps({"error": message}).encode()
     await send_json(send, status, body, extra_headers=extra_headers)
+
+
+def h11_send_400_json(self, msg: str) -> None:
+    """uvicorn's H11Protocol.send_400_response (uvicorn 0.54; the service installs no
+    httptools, so uvicorn runs h11), answering {"error": ...}.
+
+    uvicorn answers a request it cannot parse (broken framing, a Content-Length that lies
+    about what follows) itself, before any ASGI app sees it, in plain text; service.py puts
+    this in its place so that every error the service sends is JSON."""
+    body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
+    headers = [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode()), *CLOSE]
+    response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
+    for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+        self.transport.write(self.conn.send(event))
+    self.transport.close()
 
 
 class _DuplicateKey(ValueError):
