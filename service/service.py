@@ -8,15 +8,26 @@ It is loaded and checked when this module is imported, so a missing or corrupt m
 an invalid card or a card/model mismatch stops `bentoml serve` with a non-zero exit
 before it ever reports ready; and the request schema can be built from the card.
 
-HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics
-and /docs.json (OpenAPI). Every error body is {"error": "<what is wrong and what is allowed>"}.
+HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics,
+/docs.json (OpenAPI) and /schema.json (BentoML's route schemas, read by its Python client;
+the same request/response schemas as /docs.json, so open like it, even with a token set).
+Every error body is {"error": "<what is wrong and what is allowed>"}, also for unknown paths
+(404), wrong methods (405) and requests uvicorn cannot parse (400). Duplicate keys in a JSON
+object are a 400. For a regression row outside the training range (`extrapolated`) the
+interval's lower/upper are null and `note` says why: the calibration says nothing there.
 
 Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_MODEL_DIR          model directory; unset: the BentoML model store
   SERVICE_INTERVAL_COVERAGE  default interval coverage, 0 < c < 1 (card's default_coverage)
   SERVICE_MAX_ROWS           rows per request (10000); more is a 400
-  SERVICE_MAX_BODY_BYTES     request body size (2 MiB = 2097152); more is a 413, sent
-                             before the body is read
+  SERVICE_MAX_BODY_BYTES     request body size (2 MiB = 2097152); more is a 413, sent before
+                             the body is read (Content-Length) or as soon as the bytes
+                             received pass it (any framing); the connection is then closed
+  SERVICE_BODY_TIMEOUT_S     seconds for a whole request body to arrive (10); later: 408
+                             and the connection is closed
+  SERVICE_MAX_UPLOADS        request bodies arriving in more than one piece at once, per
+                             worker (128); one more is a 503 with `Retry-After: 1`. With the
+                             body limit this bounds upload buffers (128 x 2 MiB)
   SERVICE_MAX_CONCURRENCY    /predict requests in progress at once, per worker process
                              (256; `bentoml serve` runs one worker); one more is answered
                              at once with 503, `Retry-After: 1` and {"error": ...}
@@ -27,14 +38,17 @@ Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_REQUEST_TIMEOUT_S  seconds to start answering a request (30); later: 504
   SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer
                              <token>"; compared in constant time, never logged or shown
+  SERVICE_DEBUG              1: a refused start-up shows its traceback; otherwise it prints
+                             one line, "service refused to start: StartupError: ...", exit 1
 
 Overload: /predict sheds load instead of queueing it, on two signals, both answered with
 503, `Retry-After: 1` and {"error": ...} naming the setting; nothing else changes, so the
 service serves normally again as soon as the load drops. Health, metrics and docs endpoints
 are never shed.
-- SERVICE_MAX_CONCURRENCY: requests "in progress", that is started and waiting on something
-  (a body still arriving, a batch over 256 rows in its worker thread). It catches big and
-  slow requests.
+- SERVICE_MAX_CONCURRENCY: requests "in progress", that is with their body in and waiting on
+  something (a batch over 256 rows in its worker thread). It catches big and slow requests.
+  A body still arriving holds no such slot (260 uploads at 1 byte/s starved every request
+  when it did); it has SERVICE_BODY_TIMEOUT_S to arrive and one of SERVICE_MAX_UPLOADS places.
 - SERVICE_MAX_QUEUE_DELAY_MS: a small request runs start to finish in one go, so a flood of
   them never has many in progress; it queues in front of the worker instead (socket
   buffers, the event loop's ready queue), and every request waits longer for its turn.
@@ -44,6 +58,14 @@ are never shed.
   dropping). On a 2-core machine with one worker (~1,300 single-row answers/s), the lag
   is ~40 ms at 64 connections sending back to back (p99 of samples ~100 ms) and ~400 ms
   at 600 connections: the default of 250 ms leaves 64 connections alone and sheds 600.
+
+Hostile clients (docs/serving.md, bench/attack.py): request bodies are counted as they
+arrive whatever the framing, Content-Length together with Transfer-Encoding is a 400;
+unknown paths are answered by HttpGate and skip BentoML's per-path request metrics
+(KnownPathMetrics), so no client can grow /metrics; a client that leaves before its body is
+in is counted as service_gate_answers_total{status="499",reason="client_disconnected"},
+never as a 5xx. service_gate_answers_total counts every answer HttpGate gives itself, by
+status and reason.
 """
 
 import functools
@@ -240,12 +262,22 @@ class MLPService:
                 ),
             )
         else:
+            lower, upper = (predictions - half_width).tolist(), (predictions + half_width).tolist()
+            outside = np.flatnonzero(outputs.extrapolated).tolist()
+            note = None
+            if outside:
+                # Coverage is calibrated on rows like the training data; out of range the error
+                # can be any size (x = -5 on sine data: off by 1.5 against +/-0.10), so no
+                # interval is claimed for those rows.
+                for i in outside:
+                    lower[i] = upper[i] = None
+                note = (
+                    f"no interval for row(s) {outside[:10]}{' ...' if len(outside) > 10 else ''}: "
+                    "outside the training range the calibration residuals say nothing about coverage"
+                )
             interval = PredictionInterval.model_construct(
                 method=CARD.interval.method, coverage=coverage, bounded=True,
-                half_width=half_width,
-                lower=(predictions - half_width).tolist(),
-                upper=(predictions + half_width).tolist(),
-                note=None,
+                half_width=half_width, lower=lower, upper=upper, note=note,
             )
         # model_construct: the values are ours and already checked; skip re-validation.
         return RegressionAnswer.model_construct(
