@@ -36,12 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from devtools import tiny_onnx_models as models  # noqa: E402
-from devtools.server import Server  # noqa: E402
+from devtools.server import Server, bench_model  # noqa: E402
 
 from rawhttp import percentile, read_response, request_bytes  # noqa: E402
 
-PACKAGE_DIR = REPO / "models" / "package"
 ANSWER_TIMEOUT_S = 30
 RECOVERY_LIMIT_S = 5.0
 
@@ -186,11 +184,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
         workdir = Path(tmp)
-        model_dir = args.model_dir or PACKAGE_DIR
-        if not ((model_dir / "model.onnx").exists() and (model_dir / "card.json").exists()):
-            model_dir = models.regression_1d(workdir / "tiny_model")
-        card = json.loads((model_dir / "card.json").read_text())
-        body = json.dumps({"x": [[f["min"] for f in card["features"]]]}).encode()
+        model_dir, body = bench_model(args.model_dir, workdir)
         server = Server(model_dir, workdir / "server.log", workdir / "bentoml_home", env)
         server.start().wait_ready()
         try:

@@ -6,6 +6,7 @@ The server runs from service/ with its own BENTOML_HOME and SERVICE_MODEL_DIR, b
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -125,3 +126,15 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total
+
+
+def bench_model(requested: Path | None, workdir: Path) -> tuple[Path, bytes]:
+    """The model a bench serves (`requested`, else models/package when it is there, else the
+    tiny y = 2x + 1 model written to `workdir`) and a single-row /predict body for it."""
+    from devtools import tiny_onnx_models
+
+    model_dir = requested or REPO / "models" / "package"
+    if not ((model_dir / "model.onnx").exists() and (model_dir / "card.json").exists()):
+        model_dir = tiny_onnx_models.regression_1d(workdir / "tiny_model")
+    card = json.loads((model_dir / "card.json").read_text())
+    return model_dir, json.dumps({"x": [[f["min"] for f in card["features"]]]}).encode()
