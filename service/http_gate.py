@@ -10,8 +10,14 @@ What it does, and why here rather than in the API function:
     the app, in socket buffers and the loop's ready queue, where the loop's lag measures it.
   (BentoML's own `traffic.max_concurrency` answers 429 with no Retry-After, from a
   middleware outside this one, and counts /docs.json too; so it is left unset.);
-- body size limit, answered with 413 before the body is read (Content-Length) or as
-  soon as a chunked upload crosses it: BentoML 1.4 itself reads any body whole;
+- the request body, read here before BentoML sees it: bytes are counted as they arrive,
+  whatever the framing (Content-Length, chunked, both: a 400; a length that lies), and a
+  413 goes out at the first chunk past the limit (BentoML 1.4 itself reads any body whole);
+  a body must be in within a deadline (408), only then does the request take a concurrency
+  slot (uploads have their own, bounded places), and a client that leaves before it is in
+  is counted as 499, not answered (BentoML logged it as a 500 with a traceback);
+- unknown paths: 404 {"error": ...} here, counted under one label (see KnownPathMetrics in
+  service.py); duplicate keys in a JSON body: 400;
 - only JSON bodies, uncompressed: BentoML would parse form/multipart bodies with other
   rules, and would read a gzip body as if it were plain JSON;
 - one error shape, {"error": "..."}: BentoML 1.4 answers a pydantic ValidationError with
@@ -19,7 +25,8 @@ What it does, and why here rather than in the API function:
   [{"error": ...}]; both are rewritten here;
 - GET /metadata: BentoML 1.4 API routes are POST-only, and the card is static;
 - /docs.json: adds what the routes above answer (GET /metadata, 401/413/415/422/503/504).
-Health, metrics and docs endpoints pass untouched and need no token.
+Health, metrics and docs endpoints need no token; their error answers are rewritten as
+{"error": ...} too. Every answer given here is reported to `count(status, reason)`.
 
 `RequestTimeout` stands in for BentoML's TimeoutMiddleware (service.py swaps it in): the
 same 504 when no answer has started within traffic.timeout, but its timer is cancelled as

@@ -338,7 +338,11 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     }
     predict["responses"].update(
         {
-            "400": error("Invalid request: the message names the field and what is allowed"),
+            "400": error(
+                "Invalid request: the message names the field and what is allowed (also: "
+                "duplicate JSON keys, Content-Length together with Transfer-Encoding)"
+            ),
+            "408": error("The request body did not arrive within SERVICE_BODY_TIMEOUT_S"),
             "413": error("Request body larger than SERVICE_MAX_BODY_BYTES"),
             "415": error("Content-Type is not application/json, or the body is compressed"),
             "422": error("The model gave a non-finite output for these inputs"),
