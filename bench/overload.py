@@ -3,7 +3,7 @@
     .venv/bin/python bench/overload.py [--connections 600 | --rate 2000] [--duration 10]
         [--model-dir DIR] [--env SERVICE_MAX_QUEUE_DELAY_MS=250 ...] [--log server.log]
 
-Starts `bentoml serve service:MLPService` on 127.0.0.1 (tests/service/server.py) with the
+Starts `bentoml serve service:MLPService` on 127.0.0.1 (devtools/server.py) with the
 packaged model in models/package when it is there, else the tiny y = 2x + 1 model, in the
 service's default configuration plus any --env settings. Then, for --duration seconds,
 single-row POST /predict requests (plain asyncio, hand-written HTTP/1.1, as bench/soak.py):
@@ -36,12 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service import tiny_onnx_models as models  # noqa: E402
-from tests.service.server import Server  # noqa: E402
+from devtools.server import Server, bench_model  # noqa: E402
 
 from rawhttp import percentile, read_response, request_bytes  # noqa: E402
 
-PACKAGE_DIR = REPO / "models" / "package"
 ANSWER_TIMEOUT_S = 30
 RECOVERY_LIMIT_S = 5.0
 
@@ -186,11 +184,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
         workdir = Path(tmp)
-        model_dir = args.model_dir or PACKAGE_DIR
-        if not ((model_dir / "model.onnx").exists() and (model_dir / "card.json").exists()):
-            model_dir = models.regression_1d(workdir / "tiny_model")
-        card = json.loads((model_dir / "card.json").read_text())
-        body = json.dumps({"x": [[f["min"] for f in card["features"]]]}).encode()
+        model_dir, body = bench_model(args.model_dir, workdir)
         server = Server(model_dir, workdir / "server.log", workdir / "bentoml_home", env)
         server.start().wait_ready()
         try:

@@ -3,9 +3,9 @@
     .venv/bin/python bench/soak.py [--duration 300] [--concurrency 64] [--model-dir DIR]
     (make soak)
 
-Starts `bentoml serve service:MLPService` on 127.0.0.1 (tests/service/server.py) with the
+Starts `bentoml serve service:MLPService` on 127.0.0.1 (devtools/server.py) with the
 packaged model in models/package when it is there, else the tiny y = 2x + 1 model from
-tests/service/tiny_onnx_models.py, in the service's default configuration. Then
+devtools/tiny_onnx_models.py, in the service's default configuration. Then
 --concurrency clients, each on its own keep-alive connection, send requests back to back
 for --duration seconds (at most --max-requests in all):
   valid     single-row {"x": [[...]]}, values drawn inside the card's training ranges -> 200
@@ -41,8 +41,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service import tiny_onnx_models as models  # noqa: E402
-from tests.service.server import Server  # noqa: E402
+from devtools import tiny_onnx_models as models  # noqa: E402
+from devtools.server import Server  # noqa: E402
 
 from rawhttp import percentile, read_response, request_bytes  # noqa: E402
 

@@ -4,7 +4,7 @@
     (scripts/fuzz.sh runs this under `nice`; `make fuzz`)
 
 For each variant below it starts a real `bentoml serve service:MLPService` on 127.0.0.1
-(tiny ONNX models from tests/service/tiny_onnx_models.py; the packaged model in
+(tiny ONNX models from devtools/tiny_onnx_models.py; the packaged model in
 models/package too when it is there), runs `st run <url>/docs.json --checks all`
 (see tests/service/fuzzing.py), stops the server, and prints per variant and in total:
 cases run, 5xx answers, schema violations (status code, content type, headers or body
@@ -34,9 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service import tiny_onnx_models as models  # noqa: E402
+from devtools import tiny_onnx_models as models  # noqa: E402
 from tests.service.fuzzing import run_schemathesis  # noqa: E402
-from tests.service.server import Server  # noqa: E402
+from devtools.server import Server  # noqa: E402
 
 TOKEN = "fuzz-token-7d1e"
 PACKAGE_DIR = REPO / "models" / "package"

@@ -309,9 +309,17 @@ class PredictionInterval(OpenAPIModel):
     half_width: float | None = Field(
         description="The conformal quantile q: each interval is prediction +/- q."
     )
-    lower: list[float] | None
-    upper: list[float] | None
-    note: str | None = None
+    lower: list[float | None] | None = Field(
+        description="Per row, prediction - half_width; null for an extrapolated row (see note)."
+    )
+    upper: list[float | None] | None = Field(
+        description="Per row, prediction + half_width; null for an extrapolated row (see note)."
+    )
+    note: str | None = Field(
+        default=None,
+        description="Why an interval is missing: for the whole answer (bounded false), or "
+        "for extrapolated rows, where the calibration residuals say nothing about coverage.",
+    )
 
 
 class RegressionAnswer(OpenAPIModel):

@@ -10,15 +10,26 @@ It is loaded and checked when this module is imported, so a missing or corrupt m
 an invalid card or a card/model mismatch stops `bentoml serve` with a non-zero exit
 before it ever reports ready; and the request schema can be built from the card.
 
-HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics
-and /docs.json (OpenAPI). Every error body is {"error": "<what is wrong and what is allowed>"}.
+HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics,
+/docs.json (OpenAPI) and /schema.json (BentoML's route schemas, read by its Python client;
+the same request/response schemas as /docs.json, so open like it, even with a token set).
+Every error body is {"error": "<what is wrong and what is allowed>"}, also for unknown paths
+(404), wrong methods (405) and requests uvicorn cannot parse (400). Duplicate keys in a JSON
+object are a 400. For a regression row outside the training range (`extrapolated`) the
+interval's lower/upper are null and `note` says why: the calibration says nothing there.
 
 Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_MODEL_DIR          model directory; unset: the BentoML model store
   SERVICE_INTERVAL_COVERAGE  default interval coverage, 0 < c < 1 (card's default_coverage)
   SERVICE_MAX_ROWS           rows per request (10000); more is a 400
-  SERVICE_MAX_BODY_BYTES     request body size (2 MiB = 2097152); more is a 413, sent
-                             before the body is read
+  SERVICE_MAX_BODY_BYTES     request body size (2 MiB = 2097152); more is a 413, sent before
+                             the body is read (Content-Length) or as soon as the bytes
+                             received pass it (any framing); the connection is then closed
+  SERVICE_BODY_TIMEOUT_S     seconds for a whole request body to arrive (10); later: 408
+                             and the connection is closed
+  SERVICE_MAX_UPLOADS        request bodies arriving in more than one piece at once, per
+                             worker (128); one more is a 503 with `Retry-After: 1`. With the
+                             body limit this bounds upload buffers (128 x 2 MiB)
   SERVICE_MAX_CONCURRENCY    /predict requests in progress at once, per worker process
                              (256; `bentoml serve` runs one worker); one more is answered
                              at once with 503, `Retry-After: 1` and {"error": ...}
@@ -29,14 +40,17 @@ Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_REQUEST_TIMEOUT_S  seconds to start answering a request (30); later: 504
   SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer
                              <token>"; compared in constant time, never logged or shown
+  SERVICE_DEBUG              1: a refused start-up shows its traceback; otherwise it prints
+                             one line, "service refused to start: StartupError: ...", exit 1
 
 Overload: /predict sheds load instead of queueing it, on two signals, both answered with
 503, `Retry-After: 1` and {"error": ...} naming the setting; nothing else changes, so the
 service serves normally again as soon as the load drops. Health, metrics and docs endpoints
 are never shed.
-- SERVICE_MAX_CONCURRENCY: requests "in progress", that is started and waiting on something
-  (a body still arriving, a batch over 256 rows in its worker thread). It catches big and
-  slow requests.
+- SERVICE_MAX_CONCURRENCY: requests "in progress", that is with their body in and waiting on
+  something (a batch over 256 rows in its worker thread). It catches big and slow requests.
+  A body still arriving holds no such slot (260 uploads at 1 byte/s starved every request
+  when it did); it has SERVICE_BODY_TIMEOUT_S to arrive and one of SERVICE_MAX_UPLOADS places.
 - SERVICE_MAX_QUEUE_DELAY_MS: a small request runs start to finish in one go, so a flood of
   them never has many in progress; it queues in front of the worker instead (socket
   buffers, the event loop's ready queue), and every request waits longer for its turn.
@@ -46,12 +60,22 @@ are never shed.
   dropping). On a 2-core machine with one worker (~1,300 single-row answers/s), the lag
   is ~40 ms at 64 connections sending back to back (p99 of samples ~100 ms) and ~400 ms
   at 600 connections: the default of 250 ms leaves 64 connections alone and sheds 600.
+
+Hostile clients (docs/serving.md, bench/attack.py): request bodies are counted as they
+arrive whatever the framing, Content-Length together with Transfer-Encoding is a 400;
+unknown paths are answered by HttpGate and skip BentoML's per-path request metrics
+(KnownPathMetrics), so no client can grow /metrics; a client that leaves before its body is
+in is counted as service_gate_answers_total{status="499",reason="client_disconnected"},
+never as a 5xx. service_gate_answers_total counts every answer HttpGate gives itself, by
+status and reason.
 """
 
+import functools
 import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +84,11 @@ from typing import Any
 import anyio.to_thread
 import bentoml
 import numpy as np
+from bentoml._internal.server.http import instruments as bentoml_instruments
 from bentoml._internal.server.http import traffic as bentoml_traffic
 from pydantic import SecretStr, ValidationError
 from starlette.responses import JSONResponse, Response
+from uvicorn.protocols.http import h11_impl as uvicorn_h11
 
 from api_models import (
     MAX_ABS_FEATURE_VALUE,
@@ -74,7 +100,7 @@ from api_models import (
     build_request_model,
     describe_validation_errors,
 )
-from http_gate import HttpGate, RequestTimeout
+from http_gate import HttpGate, RequestTimeout, h11_send_400_json, routed
 from model_bundle import ModelBundle, Outputs, StartupError
 
 MODEL_NAME: str | None = getattr(bentoml.use_arguments(), "model_name", None)
@@ -92,6 +118,8 @@ class Settings:
     max_rows: int
     max_body_bytes: int
     max_concurrency: int
+    max_uploads: int
+    body_timeout_s: int
     max_queue_delay_ms: int
     request_timeout_s: int
     api_token: SecretStr | None  # SecretStr: never shown by repr or logs
@@ -108,6 +136,8 @@ class Settings:
             max_rows=_positive_int_from_env(env, "SERVICE_MAX_ROWS", 10_000),
             max_body_bytes=_positive_int_from_env(env, "SERVICE_MAX_BODY_BYTES", 2 * 1024 * 1024),
             max_concurrency=_positive_int_from_env(env, "SERVICE_MAX_CONCURRENCY", 256),
+            max_uploads=_positive_int_from_env(env, "SERVICE_MAX_UPLOADS", 128),
+            body_timeout_s=_positive_int_from_env(env, "SERVICE_BODY_TIMEOUT_S", 10),
             max_queue_delay_ms=_positive_int_from_env(env, "SERVICE_MAX_QUEUE_DELAY_MS", 250),
             request_timeout_s=_positive_int_from_env(env, "SERVICE_REQUEST_TIMEOUT_S", 30),
             api_token=SecretStr(token) if token else None,
@@ -151,8 +181,21 @@ def model_directory(settings: Settings) -> Path:
     return Path(stored.path)
 
 
-SETTINGS = Settings.from_env(os.environ)
-BUNDLE = ModelBundle.load(model_directory(SETTINGS))
+def refuse_to_start(exc: StartupError, env: Mapping[str, str]) -> None:
+    """One line naming what to fix, exit status 1; the traceback (BentoML's import machinery,
+    ~70 lines) only with SERVICE_DEBUG=1."""
+    if env.get("SERVICE_DEBUG") == "1":
+        raise exc
+    print(f"service refused to start: StartupError: {exc} (SERVICE_DEBUG=1 shows the traceback)",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+try:
+    SETTINGS = Settings.from_env(os.environ)
+    BUNDLE = ModelBundle.load(model_directory(SETTINGS))
+except StartupError as refusal:
+    refuse_to_start(refusal, os.environ)
 CARD: ModelCard = BUNDLE.card
 IS_REGRESSION = CARD.task == "regression"
 DEFAULT_COVERAGE = SETTINGS.coverage or (CARD.interval.default_coverage if IS_REGRESSION else 0.9)
@@ -225,12 +268,22 @@ class MLPService:
                 ),
             )
         else:
+            lower, upper = (predictions - half_width).tolist(), (predictions + half_width).tolist()
+            outside = np.flatnonzero(outputs.extrapolated).tolist()
+            note = None
+            if outside:
+                # Coverage is calibrated on rows like the training data; out of range the error
+                # can be any size (x = -5 on sine data: off by 1.5 against +/-0.10), so no
+                # interval is claimed for those rows.
+                for i in outside:
+                    lower[i] = upper[i] = None
+                note = (
+                    f"no interval for row(s) {outside[:10]}{' ...' if len(outside) > 10 else ''}: "
+                    "outside the training range the calibration residuals say nothing about coverage"
+                )
             interval = PredictionInterval.model_construct(
                 method=CARD.interval.method, coverage=coverage, bounded=True,
-                half_width=half_width,
-                lower=(predictions - half_width).tolist(),
-                upper=(predictions + half_width).tolist(),
-                note=None,
+                half_width=half_width, lower=lower, upper=upper, note=note,
             )
         # model_construct: the values are ours and already checked; skip re-validation.
         return RegressionAnswer.model_construct(
@@ -291,7 +344,11 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     }
     predict["responses"].update(
         {
-            "400": error("Invalid request: the message names the field and what is allowed"),
+            "400": error(
+                "Invalid request: the message names the field and what is allowed (also: "
+                "duplicate JSON keys, Content-Length together with Transfer-Encoding)"
+            ),
+            "408": error("The request body did not arrive within SERVICE_BODY_TIMEOUT_S"),
             "413": error("Request body larger than SERVICE_MAX_BODY_BYTES"),
             "415": error("Content-Type is not application/json, or the body is compressed"),
             "422": error("The model gave a non-finite output for these inputs"),
@@ -333,9 +390,48 @@ class _DropClientValidationErrors(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_DropClientValidationErrors())
 
-# BentoML builds its middleware stack after importing this module and looks the timeout
-# middleware up by name at that point; see RequestTimeout for why it is replaced.
+class KnownPathMetrics(bentoml_instruments.RunnerTrafficMetricsMiddleware):
+    """BentoML's request metrics (the outermost middleware), for the app's routes only.
+
+    BentoML labels each request's series with its raw path: every distinct unknown path
+    added series to the worker's memory and to every /metrics scrape, with or without a
+    token (5,000 4-KB paths: +1.6 GB, a 431 MB /metrics). Requests to unknown paths skip
+    it; HttpGate answers them 404 and counts them under one label,
+    service_gate_answers_total{status="404",reason="unknown_path"}."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not routed(scope):
+            return await self.app(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+
+@functools.cache
+def _gate_answers():
+    # Imported on first use, not with this module: BentoML's worker sets
+    # PROMETHEUS_MULTIPROC_DIR after importing it, and prometheus_client reads it on import.
+    import prometheus_client
+
+    return prometheus_client.Counter(
+        "service_gate_answers",
+        "Requests HttpGate answered itself, by status and reason (BentoML's request metrics "
+        "count them by path, not why); 499: the client went away before its body was in",
+        ["status", "reason"],
+    )
+
+
+def count_gate_answer(status: int, reason: str) -> None:
+    _gate_answers().labels(status=str(status), reason=reason).inc()
+
+
+# The only places where BentoML's or uvicorn's internals are replaced; each has a test in
+# tests/service/test_hostile_clients.py that fails if an upgrade removes what is replaced.
+# - BentoML builds its middleware stack after importing this module and looks the timeout
+#   middleware up by name at that point; see RequestTimeout for why it is replaced.
+# - uvicorn answers unparseable requests itself in plain text; see h11_send_400_json.
+# - BentoML's request metrics label every request with its raw path; see KnownPathMetrics.
 bentoml_traffic.TimeoutMiddleware = RequestTimeout
+uvicorn_h11.H11Protocol.send_400_response = h11_send_400_json
+bentoml_instruments.RunnerTrafficMetricsMiddleware = KnownPathMetrics
 
 MLPService.add_asgi_middleware(
     HttpGate,
@@ -344,7 +440,10 @@ MLPService.add_asgi_middleware(
     api_token=SETTINGS.api_token,
     max_body_bytes=SETTINGS.max_body_bytes,
     max_concurrency=SETTINGS.max_concurrency,
+    max_uploads=SETTINGS.max_uploads,
+    body_timeout_s=SETTINGS.body_timeout_s,
     max_queue_delay_ms=SETTINGS.max_queue_delay_ms,
     describe_errors=lambda errors: describe_validation_errors(errors, ERROR_HINTS),
     patch_openapi=patch_openapi,
+    count=count_gate_answer,
 )

@@ -5,7 +5,7 @@
 
 Servers (each `bentoml serve ... --host 127.0.0.1 --port P`, one worker, pinned to core 0):
   ours       service/service.py MLPService on --model-dir (a tiny y = 2x + 1 model from
-             tests/service/tiny_onnx_models.py when that directory holds no model)
+             devtools/tiny_onnx_models.py when that directory holds no model)
   bare       bench/serving/reference_services.py BareService: returns a ready-made constant
              response, the HTTP ceiling of a BentoML service here
   bare-fixed BareService with the request-timeout middleware that service.py swaps in for
@@ -348,7 +348,7 @@ def resolve_model_dir(requested: Path, workdir: Path) -> tuple[Path, str]:
     if (requested / "model.onnx").is_file() and (requested / "card.json").is_file():
         return requested.resolve(), str(requested)
     sys.path.insert(0, str(REPO))
-    from tests.service import tiny_onnx_models  # onnx + onnxruntime only
+    from devtools import tiny_onnx_models  # onnx + onnxruntime only
 
     tiny = tiny_onnx_models.regression_1d(workdir / "tiny_regression_1d")
     return tiny, f"tiny y=2x+1 ({requested} holds no model.onnx + card.json)"

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from . import tiny_onnx_models as models
-from .server import REPO, SERVICE_DIR, Server, free_port  # noqa: F401 (tests/e2e import Server from here)
+from devtools import tiny_onnx_models as models
+from devtools.server import REPO, SERVICE_DIR, Server, free_port  # noqa: F401 (tests/e2e import Server from here)
 
 # The service modules are plain files in service/ (BentoML imports them with service/ as cwd);
 # the unit tests import them the same way.

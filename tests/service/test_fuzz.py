@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 from .fuzzing import run_schemathesis
 
 pytestmark = pytest.mark.slow

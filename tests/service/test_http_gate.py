@@ -7,6 +7,7 @@ import hmac
 import json
 import weakref
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -30,7 +31,7 @@ class SlowApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def gate(app, *, max_concurrency=2, token=None) -> HttpGate:
+def gate(app, *, max_concurrency=2, token=None, counted=None, **options) -> HttpGate:
     return HttpGate(
         app,
         api_paths=("/predict",),
@@ -40,6 +41,8 @@ def gate(app, *, max_concurrency=2, token=None) -> HttpGate:
         max_concurrency=max_concurrency,
         describe_errors=lambda errors: "bad",
         patch_openapi=lambda spec: spec,
+        count=lambda status, reason: counted.append((status, reason)) if counted is not None else None,
+        **options,
     )
 
 
@@ -98,8 +101,9 @@ def test_a_failed_or_cancelled_request_gives_its_slot_back():
 
     async def scenario():
         front = gate(failing, max_concurrency=1)
-        with pytest.raises(RuntimeError):
-            await call(front)
+        status, headers, body = await call(front)
+        assert (status, headers[b"content-type"]) == (500, b"application/json")
+        assert json.loads(body) == {"error": "unexpected server error"}
         assert front.in_flight == 0
 
         slow = SlowApp()
@@ -201,5 +205,217 @@ def test_request_timeout_answers_504_when_no_answer_has_started():
         assert headers[b"content-type"] == b"application/json"
         assert "SERVICE_REQUEST_TIMEOUT_S" in json.loads(body)["error"]
         assert (await call(RequestTimeout(slow_stream, timeout=0.05)))[:1] == (200,)
+
+    asyncio.run(scenario())
+
+
+# --- hostile clients: bodies counted as they arrive, slow uploads, disconnects ------------
+
+
+class Upload:
+    """An ASGI receive() that hands out `chunks` one by one (then waits, or disconnects),
+    and counts how often it was called: what the gate read of the body."""
+
+    def __init__(self, chunks, *, then="wait", delay=0.0):
+        self.chunks, self.then, self.delay, self.reads = list(chunks), then, delay, 0
+
+    async def __call__(self):
+        self.reads += 1
+        await asyncio.sleep(self.delay)
+        if self.chunks:
+            chunk = self.chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks) or self.then != "end"}
+        if self.then == "disconnect":
+            return {"type": "http.disconnect"}
+        if self.then == "end":
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)
+
+
+async def send_raw(app, receive, headers=(), path="/predict", method="POST"):
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(b"content-type", b"application/json"), *headers]}
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    if not starts:
+        return None, {}, b""
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return starts[0]["status"], dict(starts[0]["headers"]), body
+
+
+CHUNKED = [(b"transfer-encoding", b"chunked")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [CHUNKED, [(b"content-length", b"20")], []],
+    ids=["chunked", "content-length that lies", "no framing header"],
+)
+def test_the_body_limit_counts_bytes_as_they_arrive_whatever_the_framing(headers):
+    async def scenario():
+        counted = []
+        app = SlowApp()
+        front = gate(app, counted=counted)  # 1000 bytes at most
+        upload = Upload([b"x" * 400] * 100)  # 40,000 bytes offered
+        status, sent_headers, body = await send_raw(front, upload, headers)
+        assert status == 413
+        assert "1000 bytes" in json.loads(body)["error"]
+        assert sent_headers[b"connection"] == b"close"  # uvicorn stops reading the rest
+        assert upload.reads == 3  # 1,200 bytes: refused at the first chunk over the limit
+        assert app.reached == 0 and front.in_flight == 0 and front.uploads == 0
+        assert counted == [(413, "too_large")]
+
+    asyncio.run(scenario())
+
+
+def test_content_length_and_transfer_encoding_together_are_refused():
+    async def scenario():
+        upload = Upload([b'{"x": [[1]]}'], then="end")
+        status, headers, body = await send_raw(gate(SlowApp()), upload, [(b"content-length", b"20"), *CHUNKED])
+        assert (status, headers[b"connection"]) == (400, b"close")
+        assert "not both" in json.loads(body)["error"]
+        assert upload.reads == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_body_in_pieces_under_the_limit_is_passed_on_whole():
+    async def scenario():
+        seen = []
+
+        async def echo(scope, receive, send):
+            seen.append(await receive())
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        status, _, _ = await send_raw(gate(echo), Upload([b'{"x": ', b"[[1]]}"], then="end"), CHUNKED)
+        assert status == 200
+        assert seen == [{"type": "http.request", "body": b'{"x": [[1]]}', "more_body": False}]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_upload_gets_408_and_holds_no_concurrency_slot_meanwhile():
+    async def scenario():
+        counted = []
+        front = gate(SlowApp(), max_concurrency=1, body_timeout_s=0.3, counted=counted)
+        slow = asyncio.create_task(send_raw(front, Upload([b"{"] * 1000, delay=0.05), CHUNKED))
+        await asyncio.sleep(0.1)
+        assert (front.uploads, front.in_flight) == (1, 0)
+
+        quick = SlowApp()
+        quick.release.set()
+        front.app = quick  # a legitimate request while the upload trickles in: served
+        assert (await call(front))[0] == 200
+
+        status, headers, body = await slow
+        assert (status, headers[b"connection"]) == (408, b"close")
+        assert "SERVICE_BODY_TIMEOUT_S" in json.loads(body)["error"]
+        assert (front.uploads, front.in_flight) == (0, 0)
+        assert counted == [(408, "body_timeout")]
+
+    asyncio.run(scenario())
+
+
+def test_uploads_in_progress_are_bounded_but_whole_bodies_pass():
+    async def scenario():
+        front = gate(SlowApp(), max_uploads=1, body_timeout_s=5)
+        slow = asyncio.create_task(send_raw(front, Upload([b"{"] * 1000, delay=0.05), CHUNKED))
+        await asyncio.sleep(0.1)
+        status, headers, body = await send_raw(front, Upload([b"{", b"}"], then="end"), CHUNKED)
+        assert (status, headers[b"retry-after"], headers[b"connection"]) == (503, b"1", b"close")
+        assert "SERVICE_MAX_UPLOADS" in json.loads(body)["error"]
+
+        quick = SlowApp()
+        quick.release.set()
+        front.app = quick  # a body that arrives whole needs no upload place
+        assert (await call(front))[0] == 200
+        slow.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_goes_away_mid_upload_is_counted_499_not_answered():
+    async def scenario():
+        counted = []
+        app = SlowApp()
+        front = gate(app, counted=counted)
+        status, _, _ = await send_raw(front, Upload([b'{"x": '], then="disconnect"), CHUNKED)
+        assert status is None  # nobody to answer
+        assert counted == [(499, "client_disconnected")]
+        assert app.reached == 0 and front.in_flight == 0 and front.uploads == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [(b'{"x": [[1]], "x": [[2]]}', "x"), (b'{"records": [{"a": 1, "a": 2}]}', "a")],
+)
+def test_duplicate_json_keys_are_400(body, key):
+    async def scenario():
+        app = SlowApp()
+        status, _, content = await call(gate(app), body=body)
+        assert status == 400
+        assert f"key '{key}' appears twice" in json.loads(content)["error"]
+        assert app.reached == 0
+
+    asyncio.run(scenario())
+
+
+def test_duplicate_keys_in_a_large_body_are_found_off_the_event_loop():
+    async def scenario():
+        front = gate(SlowApp())
+        front.max_body_bytes = 1_000_000
+        body = b'{"x": [' + b",".join([b"[1]"] * 30_000) + b'], "x": []}'
+        assert len(body) > front.max_inline_json_bytes
+        status, _, content = await call(front, body=body)
+        assert status == 400 and "'x' appears twice" in json.loads(content)["error"]
+
+    asyncio.run(scenario())
+
+
+# --- unknown paths, in front of a real Starlette router -----------------------------------
+
+
+def test_unknown_paths_are_answered_by_the_gate_and_counted_under_one_reason():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    reached = []
+
+    async def livez(request):
+        reached.append(request.url.path)
+        return PlainTextResponse("ok")
+
+    counted = []
+    app = Starlette(
+        routes=[Route("/livez", livez), Route("/predict", livez, methods=["POST"])],
+        middleware=[Middleware(HttpGate, api_paths=("/predict",), static_json={}, api_token=None,
+                               max_body_bytes=1000, max_concurrency=2, describe_errors=str,
+                               patch_openapi=dict, count=lambda *key: counted.append(key))],
+    )
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+            for i in range(3):
+                answer = await client.get(f"/no/such/{'p' * 4000}{i}")
+                assert answer.status_code == 404
+                error = answer.json()["error"]
+                assert error.startswith("no such path") and "/predict" in error and "ppp" not in error
+            assert (await client.get("/livez")).text == "ok"
+            wrong_method = await client.delete("/livez")  # Starlette's plain-text 405, as JSON
+            assert wrong_method.status_code == 405
+            assert wrong_method.json() == {"error": "Method Not Allowed"}
+        assert counted == [(404, "unknown_path")] * 3
+        assert reached == ["/livez"]
 
     asyncio.run(scenario())

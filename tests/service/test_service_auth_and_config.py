@@ -7,8 +7,8 @@ import sys
 import httpx
 import pytest
 
-from .server import SERVICE_DIR
-from .tiny_onnx_models import ABS_RESIDUALS
+from devtools.server import SERVICE_DIR
+from devtools.tiny_onnx_models import ABS_RESIDUALS
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 
 pytestmark = pytest.mark.slow
 

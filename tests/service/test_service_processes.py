@@ -13,7 +13,7 @@ import httpx
 import onnx
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +82,9 @@ REFUSALS = [
     ("bad coverage", None, {"SERVICE_INTERVAL_COVERAGE": "1.5"}, ["SERVICE_INTERVAL_COVERAGE must be a number in (0, 1)"]),
     ("bad concurrency limit", None, {"SERVICE_MAX_CONCURRENCY": "0"}, ["SERVICE_MAX_CONCURRENCY must be a positive whole number"]),
     ("bad request timeout", None, {"SERVICE_REQUEST_TIMEOUT_S": "soon"}, ["SERVICE_REQUEST_TIMEOUT_S must be a positive whole number"]),
+    ("bad body timeout", None, {"SERVICE_BODY_TIMEOUT_S": "-1"}, ["SERVICE_BODY_TIMEOUT_S must be a positive whole number"]),
+    ("bad upload limit", None, {"SERVICE_MAX_UPLOADS": "0"}, ["SERVICE_MAX_UPLOADS must be a positive whole number"]),
+    ("traceback on request", no_directory, {"SERVICE_DEBUG": "1"}, ["Traceback", "does not exist"]),
 ]
 
 
@@ -98,6 +101,9 @@ def test_start_up_refuses_an_unservable_model(start_server, model_root, regressi
     assert server.process.returncode not in (None, 0), f"{case}: still running or exit 0"
     output = server.log()
     assert "StartupError" in output
+    if "SERVICE_DEBUG" not in env:  # one line naming what to fix, no traceback
+        assert "Traceback" not in output and output.count("\n") <= 2, output[-3000:]
+        assert output.startswith("service refused to start: StartupError: ")
     for word in words:
         assert word in output, f"{case}: {word!r} not in output:\n{output[-2000:]}"
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from .tiny_onnx_models import ABS_RESIDUALS, direct_predictions
+from devtools.tiny_onnx_models import ABS_RESIDUALS, direct_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_records_give_the_same_answer_as_rows(client):
     [(None, 10), (0.9, 10), (0.8, 9), (0.5, 6), (0.05, 1), (0.909, 10)],
 )
 def test_split_conformal_interval(client, coverage, rank):
-    body = {"x": [[0.5], [-2.0]]} | ({} if coverage is None else {"coverage": coverage})
+    body = {"x": [[0.5], [-0.75]]} | ({} if coverage is None else {"coverage": coverage})
     answer = predict(client, body).json()
     interval = answer["interval"]
     q = ABS_RESIDUALS[rank - 1]
@@ -50,6 +50,17 @@ def test_split_conformal_interval(client, coverage, rank):
     assert interval["half_width"] == q
     assert interval["lower"] == [p - q for p in answer["predictions"]]
     assert interval["upper"] == [p + q for p in answer["predictions"]]
+
+
+def test_extrapolated_rows_get_no_interval_and_a_note_saying_why(client):
+    # Issue 20: out of range the in-range width claimed a coverage it cannot have.
+    answer = predict(client, {"x": [[0.5], [-5.0], [1.5]]}).json()
+    interval, q = answer["interval"], ABS_RESIDUALS[10 - 1]
+    assert answer["extrapolated"] == [False, True, True]
+    assert interval["lower"] == [answer["predictions"][0] - q, None, None]
+    assert interval["upper"] == [answer["predictions"][0] + q, None, None]
+    assert "row(s) [1, 2]" in interval["note"] and "training range" in interval["note"]
+    assert predict(client, {"x": [[0.5]]}).json()["interval"]["note"] is None
 
 
 def test_interval_is_unbounded_when_calibration_set_is_too_small(client):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from . import tiny_onnx_models as models
+from devtools import tiny_onnx_models as models
 from api_models import ModelCard, build_request_model, describe_validation_errors
 from model_bundle import ModelBundle, StartupError
 

@@ -1,11 +1,12 @@
 """A real `bentoml serve service:MLPService` process tree on 127.0.0.1, for tests and benches.
 
-Used by the service tests (through conftest.py), bench/soak.py and scripts/fuzz.py.
+Used by the service tests (through conftest.py), the benches and scripts/fuzz.py.
 The server runs from service/ with its own BENTOML_HOME and SERVICE_MODEL_DIR, bound to
 127.0.0.1 on a free port; stop() ends the whole tree (arbiter and workers).
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SERVICE_DIR = REPO / "service"
 BENTOML = Path(sys.executable).parent / "bentoml"
 READY_TIMEOUT_S = 60
@@ -127,3 +128,15 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total
+
+
+def bench_model(requested: Path | None, workdir: Path) -> tuple[Path, bytes]:
+    """The model a bench serves (`requested`, else models/package when it is there, else the
+    tiny y = 2x + 1 model written to `workdir`) and a single-row /predict body for it."""
+    from devtools import tiny_onnx_models
+
+    model_dir = requested or REPO / "models" / "package"
+    if not ((model_dir / "model.onnx").exists() and (model_dir / "card.json").exists()):
+        model_dir = tiny_onnx_models.regression_1d(workdir / "tiny_model")
+    card = json.loads((model_dir / "card.json").read_text())
+    return model_dir, json.dumps({"x": [[f["min"] for f in card["features"]]]}).encode()
