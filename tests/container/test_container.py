@@ -32,7 +32,7 @@ import pytest
 
 from tests.conftest import Project, make_project, run
 from tests.pipeline.test_stage_deps import declared_stages, stage_modules
-from tests.service.server import Server
+from devtools.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"

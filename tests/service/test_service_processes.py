@@ -48,6 +48,12 @@ def truncated_model(path):
     (path / "model.onnx").write_bytes(data[: len(data) // 2])
 
 
+def card_unreadable(path):
+    """Unreadable even for root (the tests' user): what a 0600 card is for the image's user."""
+    (path / "card.json").unlink()
+    (path / "card.json").mkdir()
+
+
 def card_not_json(path):
     (path / "card.json").write_text('{"task": "regression",')
 
@@ -73,6 +79,7 @@ REFUSALS = [
     ("corrupt model", corrupt_model, {}, ["not a loadable ONNX model"]),
     ("truncated model", truncated_model, {}, ["not a loadable ONNX model"]),
     ("card not JSON", card_not_json, {}, ["not valid JSON"]),
+    ("unreadable card", card_unreadable, {}, ["card.json cannot be read"]),
     ("unknown task", edit_card(task="ranking"), {}, ["card.json is invalid", "task"]),
     ("no features", edit_card(features=[]), {}, ["card.json is invalid", "features"]),
     ("min above max", edit_card(features=[{"name": "x", "min": 2, "max": 1}]), {}, ["min 2.0 > max 1.0"]),
