@@ -14,6 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+                 "Dockerfile", ".dockerignore",
                  "pyproject.toml"]
 
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
