@@ -186,6 +186,7 @@ class TuneConfig(_Strict):
 class EvaluateConfig(_Strict):
     noise_floor_points: int = Field(ge=100, le=10_000_000)
     seed: int = Field(ge=0)
+    min_fair_rows: int = Field(ge=1)
 
 
 class TrackingConfig(_Strict):

@@ -9,7 +9,7 @@ feature columns in model-input order and the class labels.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ SCHEMA_PATH = Path("data/schema.json")
 SPLIT_DIR = Path("data/split")
 SPLIT_NAMES = ("train", "val", "test")
 MAX_AUTO_CLASSES = 20  # an integer target with at most this many values is read as class labels
+MIN_ROWS = 6  # two each for train, validation and test
+ROW_ID = "row_id"  # the split frames' index: see row_ids
 
 
 class DataError(PipelineError):
@@ -37,6 +39,10 @@ class Schema:
     target: str
     features: list[str]
     class_labels: list | None  # in model-output order; None for regression
+    impute: str = "none"  # none | mean | median: how missing feature values are filled
+    # Per feature, the value a missing one is filled with: fitted by `split` on the training rows only,
+    # so no test row shapes what the model learns. None before the split, and when impute is none.
+    fill_values: dict[str, float] | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -114,10 +120,17 @@ def load_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"data.file.path: {path} does not exist")
     if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix.lower() in (".csv", ".txt"):
-        return pd.read_csv(path)
-    raise DataError(f"data.file.path: {path} must be a .csv or .parquet file")
+        frame = pd.read_parquet(path)
+    elif path.suffix.lower() in (".csv", ".txt"):
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"data.file.path: {path} is empty; it needs a header row and data rows") from None
+    else:
+        raise DataError(f"data.file.path: {path} must be a .csv or .parquet file")
+    if frame.empty:
+        raise DataError(f"data.file.path: {path} has a header but no data rows")
+    return frame
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -152,6 +165,9 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
     if target in features:
         raise DataError(f"column {target!r} is both the target and a feature")
     frame = frame[features + [target]].copy()
+    if len(frame) < MIN_ROWS:
+        raise DataError(f"the table has {len(frame)} row(s); training needs at least {MIN_ROWS} "
+                        "(two each for train, validation and test)")
     for column in features:
         if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
             converted = pd.to_numeric(frame[column], errors="coerce")
@@ -161,15 +177,21 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
                 raise DataError(f"feature column {column!r} is not numeric: row {row} holds {frame[column].iloc[row]!r}")
             frame[column] = converted
     if frame[target].isna().any():
-        raise DataError(f"target column {target!r} has a missing value in row {_first_bad_row(frame[target].isna())}")
+        raise DataError(f"target column {target!r} has a missing value in row {_first_bad_row(frame[target].isna())}"
+                        " (impute fills features only: drop the row or fill the target)")
+    if pd.api.types.is_numeric_dtype(frame[target]) and np.isinf(frame[target]).any():
+        row = _first_bad_row(np.isinf(frame[target]))
+        raise DataError(f"target column {target!r} holds {frame[target].iloc[row]} in row {row}; targets must be "
+                        "finite numbers (drop the row or fix the value)")
     for column in features:
         holes = frame[column].isna() | np.isinf(frame[column])
         if holes.any():
             if impute == "none":
                 raise DataError(f"feature column {column!r} has a missing value in row {_first_bad_row(holes)} "
                                 "(set data.file.impute to mean or median to fill missing values)")
-            fill = frame.loc[~holes, column].agg(impute)
-            frame.loc[holes, column] = fill
+            frame.loc[holes, column] = np.nan  # filled by `split`, from the training rows only
+            if holes.all():
+                raise DataError(f"feature column {column!r} has no values at all; drop it from data.file.features")
     frame[features] = frame[features].astype("float64")
     task = infer_task(frame[target], task)
     labels = None
@@ -184,7 +206,7 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
             raise DataError(f"target column {target!r} has a single class ({labels[0]!r}); classification needs two or more")
         if task == "binary" and len(labels) != 2:
             raise DataError(f"task binary needs exactly 2 classes, target {target!r} has {len(labels)}")
-    return frame.reset_index(drop=True), Schema(task, target, features, labels)
+    return frame.reset_index(drop=True), Schema(task, target, features, labels, impute)
 
 
 def load(cfg: DataConfig) -> tuple[pd.DataFrame, Schema]:
@@ -217,9 +239,34 @@ def split(frame: pd.DataFrame, schema: Schema, cfg: SplitConfig) -> Splits:
             f"split: {len(frame)} rows give train/val/test = {len(train)}/{len(val)}/{len(test)}; "
             "each part needs at least 2 rows (add rows or change the fractions)"
         )
-    splits = Splits(train.sort_index(), val.sort_index(), test.sort_index(), schema)
+    ids = row_ids(frame, schema)
+    parts = (part.sort_index().set_axis(pd.Index(ids[part.sort_index().index], name=ROW_ID)) for part in (train, val, test))
+    splits = impute(Splits(*parts, schema))
     development_folds(splits, cfg.folds, cfg.seed)  # too few rows for the folds: fail here, before anything is written
     return splits
+
+
+def row_ids(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """A content hash per row (features and target, before imputation): the same row has the same id
+    in every split of the same data, so the registry can tell which test rows a model learnt from."""
+    return pd.util.hash_pandas_object(frame[schema.features + [schema.target]], index=False).to_numpy()
+
+
+def impute(splits: Splits) -> Splits:
+    """Fill missing feature values with the schema's statistic of the *training* rows, in all three
+    parts; the values travel with the model (its card) so the service fills the same way."""
+    schema = splits.schema
+    if schema.impute == "none":
+        return splits
+    values = splits.train[schema.features].agg(schema.impute)
+    empty = values[values.isna()]
+    if len(empty):
+        raise DataError(f"feature column {empty.index[0]!r} has no values in the training rows, so there is "
+                        f"nothing to fill its missing values with (data.file.impute: {schema.impute}); add rows "
+                        "or drop the column")
+    fill = {name: float(value) for name, value in values.items()}
+    filled = (part.fillna(fill) for part in (splits.train, splits.val, splits.test))
+    return Splits(*filled, replace(schema, fill_values=fill))
 
 
 @dataclass(frozen=True)
@@ -270,8 +317,9 @@ def features_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Parquet; a named index (the splits' row ids) is kept, a plain range index is not."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=frame.index.name is not None)
 
 
 def read_splits(directory: Path = SPLIT_DIR) -> Splits:

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
@@ -40,7 +41,16 @@ from pipeline.data import (  # noqa: E402
     sample_fresh,
 )
 from pipeline.model import build_model, fit, members_of, predict, seed_everything  # noqa: E402
-from pipeline.registry import outcome_line, register_and_promote  # noqa: E402
+from pipeline.card import log_card, model_card, stored_card  # noqa: E402
+from pipeline.registry import (  # noqa: E402
+    SPLIT_FINGERPRINT_TAG,
+    current_champion,
+    fair_rows,
+    log_development_rows,
+    outcome_line,
+    register_and_promote,
+    split_fingerprint,
+)
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, MODEL_URI_TAG, find_run  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
@@ -78,12 +88,16 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+def _normalised(proba: np.ndarray) -> np.ndarray:
+    proba = np.clip(proba, 1e-7, 1)
+    return proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums are 1 only to ~1e-7
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, task: str) -> dict[str, float]:
     classes = np.arange(proba.shape[1])
     y_pred = proba.argmax(axis=1)
     average = "binary" if task == "binary" else "macro"
-    proba = np.clip(proba, 1e-7, 1)
-    proba = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums are 1 only to ~1e-7
+    proba = _normalised(proba)
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
@@ -311,6 +325,35 @@ def baseline_lines(metrics: dict[str, dict], primary: str) -> list[str]:
     return lines
 
 
+def interval_spec(model: keras.Model, splits: Splits, seed: int) -> dict | None:
+    """The card's conformal calibration (regression only): method, rows and sorted |residuals|."""
+    if splits.schema.task != "regression":
+        return None
+    method, calibration = interval_calibration(model)
+    residuals = calibration_residuals(model, splits, seed)
+    return {"method": method, "calibration": calibration, "default_coverage": INTERVAL_COVERAGE,
+            "abs_residuals": [round(float(r), 8) for r in residuals]}
+
+
+def primary_score(predictor: Predictor, splits: Splits, rows: np.ndarray) -> float:
+    """The registry's metric (lower is better) on the test rows selected by the mask `rows`."""
+    x, y = features_and_target(splits.test[rows], splits.schema)
+    if splits.schema.task == "regression":
+        return float(skm.root_mean_squared_error(y[:, 0], predictor(x)))
+    proba = predictor(x)
+    return float(skm.log_loss(y[:, 0].astype(int), _normalised(proba), labels=np.arange(proba.shape[1])))
+
+
+def served_model_lines(metrics: dict) -> list[str]:
+    """Which model `package` ships, and its own figures when it is not the one just evaluated."""
+    served = metrics["versions"]
+    if "served_metrics" not in served:
+        return [f"package ships v{served['served']}, the model evaluated above"]
+    figures = ", ".join(f"{k} {v:.4g}" for k, v in served["served_metrics"].items() if isinstance(v, float))
+    return [f"package ships v{served['served']}, not this run's v{served['candidate']}; "
+            f"v{served['served']}'s test figures (on its own test set): {figures}"]
+
+
 def main(params: Params) -> None:
     ensure_writable(METRICS_PATH, REGISTRY_PATH, PLOTS_DIR / "x")
     splits = read_splits()
@@ -329,19 +372,33 @@ def main(params: Params) -> None:
                 mlflow.log_metrics({f"{prefix}{k}": v for k, v in values.items() if v is not None})
         mlflow.log_artifacts(str(PLOTS_DIR), artifact_path="plots")
 
-    primary = PRIMARY_METRIC[schema.task]
-    x_test, y_test = features_and_target(splits.test, schema)
+    development_ids = np.concatenate([splits.train.index.to_numpy(), splits.val.index.to_numpy()])
+    test_ids = splits.test.index.to_numpy()
+    fingerprint = split_fingerprint(development_ids, test_ids)
+    log_development_rows(run_id, development_ids)
+    card = model_card(splits, metrics["model"], interval_spec(model, splits, params.split.seed), train_run, fingerprint)
+    log_card(run_id, card)
 
-    def rescore(champion: keras.Model) -> float:
-        return score(keras_predictor(champion, schema.task), splits, params)[primary]
+    name, primary = params.tracking.registered_model, PRIMARY_METRIC[schema.task]
+    compatibility = {"task": schema.task, "features": ",".join(schema.features)}
+    fair = fair_rows(current_champion(name), compatibility, fingerprint, test_ids, params.evaluate.min_fair_rows)
+
+    def rescore(champion: keras.Model, rows: np.ndarray) -> tuple[float, float]:
+        return (primary_score(keras_predictor(model, schema.task), splits, rows),
+                primary_score(keras_predictor(champion, schema.task), splits, rows))
 
     registry = register_and_promote(
-        params.tracking.registered_model, train_run.data.tags[MODEL_URI_TAG], run_id, primary, metrics["model"][primary],
-        rescore, {"task": schema.task, "features": ",".join(schema.features)},
+        name, train_run.data.tags[MODEL_URI_TAG], run_id, primary, metrics["model"][primary], fair, rescore,
+        {**compatibility, SPLIT_FINGERPRINT_TAG: fingerprint, "data_sha256": card["data_hash"] or ""},
     )
+    metrics["versions"] = {"candidate": registry["version"], "served": registry["champion_version"]}
+    if not registry["promoted"]:
+        champion = MlflowClient().get_model_version(name, registry["champion_version"])
+        metrics["versions"]["served_metrics"] = stored_card(champion)["metrics"]
     write_json(REGISTRY_PATH, registry)
     write_json(METRICS_PATH, metrics)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics["model"].items() if isinstance(v, float))
     print(f"test ({schema.task}): {summary}")
     print("\n".join(baseline_lines(metrics, primary)))
     print(outcome_line(registry))
+    print("\n".join(served_model_lines(metrics)))

@@ -23,7 +23,8 @@ from pipeline.artifacts import atomic_dir, ensure_writable, file_sha256, write_j
 from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
 from pipeline.errors import PipelineError
-from pipeline.evaluate import METRICS_PATH, REGISTRY_PATH, calibration_residuals, interval_calibration
+from pipeline.card import stored_card
+from pipeline.evaluate import REGISTRY_PATH
 from pipeline.model import predict
 from pipeline.registry import CHAMPION
 
@@ -32,7 +33,6 @@ PROVENANCE_FILE = "provenance.json"  # the service's model_bundle.PROVENANCE_FIL
 BENTO_INFO_PATH = Path("models/bento.json")  # the bento's tag, for `make serve`; outside DVC like provenance
 SERVICE_DIR = Path("service")
 PARITY_TOLERANCE = 1e-5
-DEFAULT_COVERAGE = 0.9
 
 
 def parity_inputs(splits: Splits) -> np.ndarray:
@@ -59,30 +59,6 @@ def export_onnx(model, path: Path, check_inputs: np.ndarray) -> float:
     if not gap <= PARITY_TOLERANCE:
         raise PipelineError(f"package: ONNX export differs from Keras by {gap:.3g} (allowed {PARITY_TOLERANCE:g})")
     return gap
-
-
-def model_card(model, splits: Splits, params: Params, run, parity_gap: float) -> dict:
-    """What the service and a reader need to know about the packaged model (`run`: its train run)."""
-    schema = splits.schema
-    interval = None
-    if schema.task == "regression":
-        residuals = calibration_residuals(model, splits, params.split.seed)
-        method, calibration = interval_calibration(model)
-        interval = {"method": method, "calibration": calibration, "default_coverage": DEFAULT_COVERAGE,
-                    "abs_residuals": [round(float(r), 8) for r in residuals]}
-    return {
-        "name": params.tracking.registered_model,
-        "task": schema.task,
-        "target": schema.target,
-        "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
-                     for n in schema.features],
-        "class_labels": schema.class_labels,
-        "interval": interval,
-        "metrics": json.loads(METRICS_PATH.read_text())["model"],
-        "data_hash": run.data.tags.get("data_sha256") if run else None,
-        "params": run.data.params if run else {},
-        "onnx_parity_max_abs_diff": parity_gap,
-    }
 
 
 def provenance(version, run, model_path: Path) -> dict:
@@ -120,7 +96,8 @@ def main(params: Params) -> None:
     splits = read_splits()
     with atomic_dir(PACKAGE_DIR) as staging:
         gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
-        write_json(staging / "card.json", model_card(model, splits, params, run, gap))
+        card = {"name": name, **stored_card(version), "onnx_parity_max_abs_diff": gap}
+        write_json(staging / "card.json", card)
         write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
     tag = store_and_build(PACKAGE_DIR, name)
     write_json(BENTO_INFO_PATH, {"bento": tag, "model_version": str(version.version)})

@@ -1,19 +1,55 @@
-"""Model Registry: register each evaluated model; move the `champion` alias only on improvement.
+"""Model Registry: register each evaluated model; move the `champion` alias only on a fair win.
 
-The comparison re-scores the current champion on *this* test set instead of trusting a number
-recorded when it was trained on other data. A champion trained for another task or other
-features cannot be scored here, so the new model replaces it.
+A model may be compared with the champion only on rows that neither of them learnt from or was
+selected on (train + validation). Every version records its split's fingerprint and, as an
+artifact of its run, the ids of those development rows:
+- same fingerprint (same data, same split): both are scored on the shared test set;
+- otherwise the test rows the champion never saw (its development rows are known): both are
+  scored on those, if there are at least `evaluate.min_fair_rows` of them;
+- otherwise, or for a champion of another task or other features, no fair comparison exists,
+  and the new model is promoted: a champion that has seen the test rows would win unfairly.
+The reason goes to the console, registry.json and the version's `promotion` tag.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 CHAMPION = "champion"
+SPLIT_FINGERPRINT_TAG = "split_fingerprint"
+DEV_ROWS_ARTIFACT = "split/development_row_ids.npy"
+
+
+def split_fingerprint(development_ids: np.ndarray, test_ids: np.ndarray) -> str:
+    """Which rows a model learnt from or was selected on, and which it was tested on."""
+    digest = hashlib.sha256(np.sort(development_ids).astype("<u8").tobytes())
+    digest.update(b"|" + np.sort(test_ids).astype("<u8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def log_development_rows(run_id: str, development_ids: np.ndarray) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(DEV_ROWS_ARTIFACT).name
+        np.save(path, np.sort(development_ids).astype("<u8"))
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=str(Path(DEV_ROWS_ARTIFACT).parent))
+
+
+def development_rows_of(version) -> np.ndarray | None:
+    """The row ids a registered version learnt from or was selected on; None if it recorded none."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=DEV_ROWS_ARTIFACT)
+    except (MlflowException, OSError):
+        return None
+    return np.load(path)
 
 
 def current_champion(name: str):
@@ -23,45 +59,78 @@ def current_champion(name: str):
         return None
 
 
-def register_and_promote(name: str, model_uri: str, run_id: str, metric: str, value: float,
-                         rescore: Callable[[object], float], compatibility: dict[str, str]) -> dict:
-    """Register the model; give it the champion alias if its `metric` (lower is better) is at least
-    as good as the current champion's on the same test set."""
+@dataclass(frozen=True)
+class FairRows:
+    """The test rows a candidate and the champion can be compared on, or None, and why."""
+
+    rows: np.ndarray | None  # boolean mask over the test rows
+    reason: str
+
+
+def fair_rows(champion, compatibility: dict[str, str], fingerprint: str, test_ids: np.ndarray,
+              min_rows: int) -> FairRows:
+    if champion is None:
+        return FairRows(None, "the first champion")
+    where = f"champion v{champion.version}"
+    if any(champion.tags.get(k) != v for k, v in compatibility.items()):
+        return FairRows(None, f"{where} was trained for another task or other features, so it cannot be scored here")
+    if champion.tags.get(SPLIT_FINGERPRINT_TAG) == fingerprint:
+        return FairRows(np.ones(len(test_ids), bool), "same data and split")
+    seen = development_rows_of(champion)
+    if seen is None:
+        return FairRows(None, f"{where} records no training rows, so no comparison can be shown to be fair")
+    unseen = ~np.isin(test_ids, seen)
+    count = int(unseen.sum())
+    if count < min_rows:
+        return FairRows(None, f"{where} learnt from or was selected on {len(test_ids) - count} of these "
+                              f"{len(test_ids)} test rows; the {count} it never saw are too few to compare on "
+                              f"(evaluate.min_fair_rows: {min_rows})")
+    return FairRows(unseen, f"another split: compared on the {count} of {len(test_ids)} test rows {where} never saw")
+
+
+def register_and_promote(name: str, model_uri: str, run_id: str, metric: str, value: float, fair: FairRows,
+                         rescore: Callable[[object, np.ndarray], tuple[float, float]],
+                         tags: dict[str, str]) -> dict:
+    """Register the model; give it the champion alias unless the champion's `metric` (lower is
+    better) is strictly better on the fair rows. `rescore(champion_model, rows)` scores (candidate,
+    champion) on those rows."""
     client = MlflowClient()
     champion = current_champion(name)
-    rescored = None
-    if champion is not None and all(champion.tags.get(k) == v for k, v in compatibility.items()):
+    compared = None
+    if fair.rows is not None:
         champion_model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
-        rescored = rescore(champion_model)
-    version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id, **compatibility}).version)
+        ours, theirs = rescore(champion_model, fair.rows)
+        compared = {"rows": int(fair.rows.sum()), "candidate": ours, "champion": theirs}
+    promoted = compared is None or compared["candidate"] <= compared["champion"]
+    version = str(mlflow.register_model(model_uri, name, tags={"run_id": run_id, **tags}).version)
     client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6g}")
-    promoted = rescored is None or value <= rescored
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return {
+    result = {
         "registered_model": name,
         "version": version,
         "metric": metric,
         "test_value": value,
         "promoted": promoted,
         "champion_version": version if promoted else str(champion.version),
-        "previous_champion": None if champion is None else {"version": str(champion.version),
-                                                            "test_value_rescored": rescored},
+        "previous_champion": None if champion is None else {"version": str(champion.version), "compared": compared},
+        "reason": fair.reason,
     }
+    client.set_model_version_tag(name, version, "promotion", outcome_line(result))
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return result
 
 
 def outcome_line(result: dict) -> str:
     """What `register_and_promote` decided and why, with the figures it compared."""
     head = f"registered {result['registered_model']} v{result['version']}"
-    metric, ours, previous = result["metric"], result["test_value"], result["previous_champion"]
+    previous = result["previous_champion"]
     if previous is None:
         return f"{head}: the first champion"
-    theirs = previous["test_value_rescored"]
-    if theirs is None:
-        return (f"{head}: the new champion (champion v{previous['version']} was trained for another task or "
-                f"other features, so it cannot be scored here)")
-    figures = f"test {metric} {ours:.4g} against champion v{previous['version']}'s {theirs:.4g} on the same test set"
+    compared = previous["compared"]
+    if compared is None:
+        return f"{head}: the new champion, as no fair comparison is possible ({result['reason']})"
+    figures = (f"{result['metric']} {compared['candidate']:.4g} against champion v{previous['version']}'s "
+               f"{compared['champion']:.4g} ({result['reason']}; lower is better)")
     if result["promoted"]:
         return f"{head}: the new champion, {figures}"
-    return (f"{head}: kept champion v{result['champion_version']}, which package ships; {figures} "
-            f"(lower is better)")
+    return f"{head}: kept champion v{result['champion_version']}, which package ships; {figures}"

@@ -130,6 +130,15 @@ class IntervalSpec(OpenAPIModel):
     )
 
 
+class ImputationSpec(OpenAPIModel):
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["mean", "median"]
+    values: dict[str, FiniteFloat] = Field(
+        description="Per feature, the value a missing (null) input is filled with: the training rows' statistic."
+    )
+
+
 class ModelCard(OpenAPIModel):
     """The model card written by the pipeline; fields not listed here pass through unchanged."""
 
@@ -145,6 +154,11 @@ class ModelCard(OpenAPIModel):
     )
     interval: IntervalSpec | None = Field(
         default=None, description="Calibration for prediction intervals (regression only)."
+    )
+    imputation: ImputationSpec | None = Field(
+        default=None,
+        description="Present when the model was trained with data.file.impute: /predict then accepts "
+        "null feature values and fills them with these.",
     )
 
     @field_validator("features")
@@ -168,6 +182,8 @@ class ModelCard(OpenAPIModel):
             raise ValueError("a regression card needs 'interval' with 'abs_residuals'")
         if self.task == "binary" and self.class_labels is not None and len(self.class_labels) != 2:
             raise ValueError(f"a binary card needs exactly 2 class labels, got {self.class_labels}")
+        if self.imputation is not None and set(self.imputation.values) != set(self.feature_names):
+            raise ValueError("imputation.values must name exactly the card's features")
         return self
 
     @property
@@ -239,10 +255,11 @@ def build_request_model(
     """The /predict request model for this card: its features, its task, the row limit."""
     names = card.feature_names
     n = len(names)
-    record_model = _record_model(names)
+    value = FeatureValue if card.imputation is None else FeatureValue | None
+    record_model = _record_model(names, value)
     example_row = [round((f.min + f.max) / 2, 6) for f in card.features]
 
-    row = Annotated[list[FeatureValue], Field(min_length=n, max_length=n)]
+    row = Annotated[list[value], Field(min_length=n, max_length=n)]
     annotations: dict[str, Any] = {"x": list[row], "records": list[record_model]}
     namespace: dict[str, Any] = {
         "x": Field(
@@ -279,12 +296,10 @@ def build_request_model(
     return type("PredictRequest", (PredictRequestBase,), namespace)
 
 
-def _record_model(names: list[str]) -> type[FeatureRecordBase]:
+def _record_model(names: list[str], value: Any) -> type[FeatureRecordBase]:
     # Field names are positional (f0, f1, ...) and the card names are aliases, so any
     # feature name works, even one that clashes with a pydantic attribute.
-    annotations = {
-        f"f{i}": Annotated[FeatureValue, Field(alias=name)] for i, name in enumerate(names)
-    }
+    annotations = {f"f{i}": Annotated[value, Field(alias=name)] for i, name in enumerate(names)}
     namespace = {"__annotations__": annotations, "__module__": __name__}
     return type("FeatureRecord", (FeatureRecordBase,), namespace)
 
@@ -328,6 +343,11 @@ class RegressionAnswer(OpenAPIModel):
         description="Per row: true if any feature lies outside its training range."
     )
     interval: PredictionInterval
+    imputed: list[list[str]] | None = Field(
+        default=None,
+        description="Models trained with imputation only: per row, the features whose null value "
+        "was filled from the card's imputation values; null for other models.",
+    )
 
 
 class ClassificationAnswer(OpenAPIModel):
@@ -338,6 +358,11 @@ class ClassificationAnswer(OpenAPIModel):
     class_labels: list[ClassLabel]
     extrapolated: list[bool] = Field(
         description="Per row: true if any feature lies outside its training range."
+    )
+    imputed: list[list[str]] | None = Field(
+        default=None,
+        description="Models trained with imputation only: per row, the features whose null value "
+        "was filled from the card's imputation values; null for other models.",
     )
 
 

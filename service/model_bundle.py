@@ -39,6 +39,7 @@ class Outputs:
 
     values: np.ndarray  # regression: predictions [n]; classification: probabilities [n, classes]
     extrapolated: np.ndarray  # bool [n]
+    imputed: list[list[str]] | None = None  # per row, the features filled in (imputing models only)
 
 
 class ModelBundle:
@@ -131,8 +132,24 @@ class ModelBundle:
     def _run(self, rows: np.ndarray) -> np.ndarray:
         return self._session.run(self._output_names, {self._input_name: rows})[0]
 
-    def infer(self, rows: list[list[float]]) -> Outputs:
-        """Run validated rows (card feature order) through the model."""
+    def fill_missing(self, rows: list[list[float | None]]) -> tuple[list[list[float]], list[list[str]] | None]:
+        """Rows with each null replaced by its feature's fill value, and which were filled per row
+        (None for a model trained without imputation, whose request model admits no null)."""
+        imputation = self.card.imputation
+        if imputation is None:
+            return rows, None
+        names = self.card.feature_names
+        fill = [imputation.values[name] for name in names]
+        filled, imputed = [], []
+        for row in rows:
+            missing = [i for i, value in enumerate(row) if value is None]
+            filled.append([fill[i] if value is None else value for i, value in enumerate(row)] if missing else row)
+            imputed.append([names[i] for i in missing])
+        return filled, imputed
+
+    def infer(self, rows: list[list[float | None]]) -> Outputs:
+        """Run validated rows (card feature order; null only for an imputing model) through the model."""
+        rows, imputed = self.fill_missing(rows)
         exact = np.asarray(rows, dtype=np.float64)
         # The range check uses the values as sent: 1.00000001 is outside [.., 1] even
         # though float32 would round it to 1.
@@ -144,7 +161,7 @@ class ModelBundle:
             values = np.column_stack([1.0 - out[:, 0], out[:, 0]])
         else:
             values = out
-        return Outputs(values=values, extrapolated=extrapolated)
+        return Outputs(values=values, extrapolated=extrapolated, imputed=imputed)
 
     def labels_for(self, probabilities: np.ndarray) -> list:
         if self.card.task == "binary":  # P(class 1) >= 0.5 -> class 1

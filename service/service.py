@@ -289,6 +289,7 @@ class MLPService:
         return RegressionAnswer.model_construct(
             predictions=predictions.tolist(),
             extrapolated=outputs.extrapolated.tolist(),
+            imputed=outputs.imputed,
             interval=interval,
         )
 
@@ -309,6 +310,7 @@ class MLPService:
             probabilities=outputs.values.tolist(),
             class_labels=self.bundle.class_labels,
             extrapolated=outputs.extrapolated.tolist(),
+            imputed=outputs.imputed,
         )
 
 

@@ -31,8 +31,9 @@ def test_repro_outputs_metrics_mlflow_and_determinism(project):
                 "plots/evaluate/predictions.csv"]:
         assert (root / out).stat().st_size > 0, out
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"task", "model", "baseline_linear", "baseline_ridge", "baseline_tutorial"}
+    assert set(metrics) == {"task", "model", "baseline_linear", "baseline_ridge", "baseline_tutorial", "versions"}
     assert metrics.pop("task") == "regression"
+    assert metrics.pop("versions") == {"candidate": "1", "served": "1"}
     for scores in metrics.values():
         assert {"rmse", "mae", "r2", "noise_floor_ratio"} <= set(scores)
         assert scores["noise_floor_ratio"] >= 0.9  # no model beats the noise floor by much on fresh points
@@ -61,9 +62,12 @@ def test_repro_outputs_metrics_mlflow_and_determinism(project):
     check_package_and_service(root, run.info.run_id, tmp_path_factory_dir=root.parent)
 
     assert "up to date" in project.run("dvc", "repro").stdout
-    first = (root / "metrics/evaluate.json").read_bytes()
-    project.run("dvc", "repro", "--force")
-    assert (root / "metrics/evaluate.json").read_bytes() == first
+    first = json.loads((root / "metrics/evaluate.json").read_text())
+    forced = project.run("dvc", "repro", "--force").stdout
+    again = json.loads((root / "metrics/evaluate.json").read_text())
+    assert again.pop("versions") == {"candidate": "2", "served": "2"}  # a tie on the same split promotes
+    assert again == {k: v for k, v in first.items() if k != "versions"}  # training is deterministic
+    assert "registered keras-mlp v2: the new champion, rmse" in forced and "(same data and split;" in forced
     shown = project.run("dvc", "metrics", "show", "--json").stdout
     assert json.loads(shown)  # DVC can read the metrics file
 

@@ -1,4 +1,5 @@
-"""Tune + registry through `dvc repro`: caching of upstream stages, champion alias on improvement only."""
+"""Tune + registry through `dvc repro`: caching of upstream stages, the champion alias moves only on a
+fair win, and what `package` ships (model, card, metrics) is the champion, also when it is older."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     changed = (root / "models/best_params.yaml").read_text() != best_before
     assert changed == ("Running stage 'train'" in out) == ("Running stage 'evaluate'" in out)
     expected_champion = "2" if changed else "1"
+    champion_metrics = json.loads((root / "metrics/evaluate.json").read_text())["model"]
+    champion_card = json.loads((root / "models/package/card.json").read_text())
 
     # A deliberately worse model: no search, a tiny learning rate, two epochs.
     project.set_params({"tune": {"n_trials": 0},
@@ -39,8 +42,21 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     assert not worse["promoted"]
     assert worse["champion_version"] == expected_champion
     assert worse["metric"] == "rmse"
-    assert worse["previous_champion"]["test_value_rescored"] < worse["test_value"]
-    assert f"kept champion v{expected_champion}, which package ships; test rmse" in out
+    compared = worse["previous_champion"]["compared"]
+    assert compared["champion"] < compared["candidate"] == pytest.approx(worse["test_value"], abs=1e-6)
+    assert compared["rows"] == len(__import__("pandas").read_parquet(root / "data/split/test.parquet"))
+    assert f"kept champion v{expected_champion}, which package ships; rmse" in out and "(same data and split;" in out
+    # What ships is the champion, described by its own card, not by the model just evaluated.
+    metrics = json.loads((root / "metrics/evaluate.json").read_text())
+    assert metrics["versions"] == {"candidate": worse["version"], "served": expected_champion,
+                                   "served_metrics": champion_metrics}
+    assert metrics["model"]["rmse"] == pytest.approx(worse["test_value"])
+    card = json.loads((root / "models/package/card.json").read_text())
+    assert card == champion_card  # every field: metrics, interval, ranges, params, fingerprint
+    assert card["metrics"] == champion_metrics != metrics["model"]
+    provenance = json.loads((root / "models/package/provenance.json").read_text())
+    assert provenance["mlflow"]["model_version"] == expected_champion
+    assert f"package ships v{expected_champion}, not this run's v{worse['version']}" in out
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -49,3 +65,19 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     champion = mlflow.tensorflow.load_model("models:/keras-mlp@champion")
     prediction = np.asarray(champion(np.array([[0.0], [0.5]], dtype=np.float32)))
     assert np.allclose(prediction[:, 0], [1.0, 2.0], atol=0.5)
+
+    # A re-split: the champion learnt from most of the new test rows, so it cannot be compared
+    # fairly; the new model is promoted and shipped, and the console and the version say why.
+    project.set_params({"split": {"seed": 1}})
+    out = project.run("dvc", "repro").stdout
+    resplit = json.loads((root / "models/registry.json").read_text())
+    assert resplit["promoted"] and resplit["previous_champion"]["compared"] is None
+    assert f"the new champion, as no fair comparison is possible (champion v{expected_champion} learnt from" in out
+    assert "too few to compare on (evaluate.min_fair_rows: 20)" in resplit["reason"]
+    version = client.get_model_version("keras-mlp", resplit["version"])
+    assert "no fair comparison" in version.tags["promotion"] and version.tags["split_fingerprint"] != ""
+    metrics = json.loads((root / "metrics/evaluate.json").read_text())
+    assert metrics["versions"] == {"candidate": resplit["version"], "served": resplit["version"]}
+    card = json.loads((root / "models/package/card.json").read_text())
+    assert card["metrics"] == metrics["model"] and card["split_fingerprint"] == version.tags["split_fingerprint"]
+

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import SplitConfig, load_params
-from pipeline.data import DataError, development_folds, development_rows, features_and_target, load, sample_fresh, split
+from pipeline.data import (DataError, development_folds, development_rows, features_and_target, load, row_ids,
+                           sample_fresh, split)
 from pipeline.data import generate_line as generate
 from tests.conftest import ROOT
 
@@ -44,7 +45,7 @@ def test_split_fractions_seed_and_disjointness():
     assert (len(parts.train), len(parts.val), len(parts.test)) == (60, 20, 20)
     indices = [set(p.index) for p in (parts.train, parts.val, parts.test)]
     assert not (indices[0] & indices[1] or indices[0] & indices[2] or indices[1] & indices[2])
-    assert set().union(*indices) == set(frame.index)
+    assert set().union(*indices) == set(row_ids(frame, schema))  # every row once, named by its content
     again = split(frame, schema, cfg)
     pd.testing.assert_frame_equal(parts.test, again.test)
     assert set(split(frame, schema, cfg.model_copy(update={"seed": 4})).test.index) != indices[2]

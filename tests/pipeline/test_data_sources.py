@@ -67,12 +67,20 @@ def test_auto_task_inference():
     assert prepare(pd.DataFrame({"x": x, "y": x % 3}), "y", None, "regression", "none")[1].task == "regression"
 
 
+SIX = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
 @pytest.mark.parametrize(("table", "target", "impute", "message"), [
-    ({"x": [1.0, 2.0], "y": [1.0, 2.0]}, "price", "none", "target column 'price' not found; columns are: x, y"),
-    ({"x": [1.0, "two", 3.0], "y": [1.0, 2.0, 3.0]}, "y", "none", "feature column 'x' is not numeric: row 1 holds 'two'"),
-    ({"x": [1.0, None, 3.0], "y": [1.0, 2.0, 3.0]}, "y", "none", "feature column 'x' has a missing value in row 1"),
-    ({"x": [1.0, 2.0, 3.0], "y": [1.0, None, 3.0]}, "y", "none", "target column 'y' has a missing value in row 1"),
-    ({"x": [1.0, 2.0, 3.0], "y": ["a", "a", "a"]}, "y", "none", "target column 'y' has a single class ('a')"),
+    ({"x": SIX, "y": SIX}, "price", "none", "target column 'price' not found; columns are: x, y"),
+    ({"x": [1.0, "two", *SIX[2:]], "y": SIX}, "y", "none", "feature column 'x' is not numeric: row 1 holds 'two'"),
+    ({"x": [1.0, None, *SIX[2:]], "y": SIX}, "y", "none", "feature column 'x' has a missing value in row 1"),
+    ({"x": SIX, "y": [1.0, None, *SIX[2:]]}, "y", "none", "target column 'y' has a missing value in row 1"),
+    ({"x": SIX, "y": [1.0, None, *SIX[2:]]}, "y", "median", "target column 'y' has a missing value in row 1"),
+    ({"x": SIX, "y": ["a"] * 6}, "y", "none", "target column 'y' has a single class ('a')"),
+    ({"x": SIX, "y": [1.0, float("inf"), *SIX[2:]]}, "y", "none", "target column 'y' holds inf in row 1; targets must be finite"),
+    ({"x": SIX, "y": [1.0, 2.0, -np.inf, *SIX[3:]]}, "y", "median", "target column 'y' holds -inf in row 2"),
+    ({"x": [1.0], "y": [2.0]}, "y", "none", "the table has 1 row(s); training needs at least 6"),
+    ({"x": [None] * 6, "y": SIX}, "y", "median", "feature column 'x' has no values at all"),
 ])
 def test_bad_data_names_the_column_and_row(table, target, impute, message):
     with pytest.raises(DataError) as info:
@@ -80,9 +88,32 @@ def test_bad_data_names_the_column_and_row(table, target, impute, message):
     assert message in str(info.value)
 
 
-def test_imputation_fills_missing_feature_values():
-    frame, _ = prepare(pd.DataFrame({"x": [1.0, None, 3.0, 10.0], "y": [1.0, 2.0, 3.0, 4.0]}), "y", None, "auto", "median")
-    assert frame["x"].tolist() == [1.0, 3.0, 3.0, 10.0]
+@pytest.mark.parametrize(("content", "message"), [
+    ("x,y\n", "has a header but no data rows"),
+    ("", "is empty; it needs a header row and data rows"),
+])
+def test_a_csv_without_rows_is_named(tmp_path, content, message):
+    (tmp_path / "t.csv").write_text(content)
+    file_cfg = BASE.file.model_copy(update={"path": str(tmp_path / "t.csv"), "target": "y"})
+    with pytest.raises(DataError, match=message):
+        load(cfg(source="file", file=file_cfg))
+
+
+def test_imputation_is_fitted_on_the_training_rows_only():
+    """Test rows' values never shape the fill value: changing them leaves every fill unchanged."""
+    x = np.arange(40.0)
+    x[[3, 17, 29]] = np.nan
+    frame, schema = prepare(pd.DataFrame({"x": x, "y": np.arange(40.0) * 2}), "y", None, "auto", "median")
+    assert schema.impute == "median" and schema.fill_values is None and frame["x"].isna().sum() == 3
+    splits = split(frame, schema, SPLIT)
+    expected = float(splits.train["x"].median())
+    assert splits.schema.fill_values == {"x": expected}
+    assert not any(part["x"].isna().any() for part in (splits.train, splits.val, splits.test))
+    in_test = frame["y"].isin(splits.test["y"])  # y = 2 * position names each row
+    shifted = frame.assign(x=frame["x"].where(~in_test, frame["x"] + 1000.0))  # only test rows change
+    assert split(shifted, schema, SPLIT).schema.fill_values == {"x": expected}
+    holes = splits.test["y"].isin([6.0, 34.0, 58.0])  # rows 3, 17, 29
+    assert (splits.test.loc[holes, "x"] == expected).all()
 
 
 def test_too_few_rows_for_the_split_is_named():

@@ -5,7 +5,6 @@ Memory and latency figures under these attacks are measured by bench/attack.py, 
 
 import re
 import socket
-import threading
 import time
 
 import httpx

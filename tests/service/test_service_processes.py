@@ -84,6 +84,8 @@ REFUSALS = [
     ("no features", edit_card(features=[]), {}, ["card.json is invalid", "features"]),
     ("min above max", edit_card(features=[{"name": "x", "min": 2, "max": 1}]), {}, ["min 2.0 > max 1.0"]),
     ("regression without residuals", edit_card(interval=None), {}, ["needs 'interval'"]),
+    ("fill values for other features", edit_card(imputation={"method": "median", "values": {"z": 1.0}}), {},
+     ["imputation.values must name exactly the card's features"]),
     ("card/model feature mismatch", model_taking_two_columns, {}, ["card/model mismatch", "1 feature(s)", "2 input column(s)"]),
     ("bad row limit", None, {"SERVICE_MAX_ROWS": "many"}, ["SERVICE_MAX_ROWS must be a positive whole number"]),
     ("bad coverage", None, {"SERVICE_INTERVAL_COVERAGE": "1.5"}, ["SERVICE_INTERVAL_COVERAGE must be a number in (0, 1)"]),

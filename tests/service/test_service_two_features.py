@@ -66,3 +66,32 @@ def test_openapi_request_schema_names_the_features(client):
     assert request["properties"]["x"]["items"]["minItems"] == 2
     record = spec["components"]["schemas"]["FeatureRecord"]
     assert record["required"] == ["a", "b"] and record["additionalProperties"] is False
+
+
+@pytest.fixture(scope="module")
+def imputing_client(start_server, model_root):
+    """The same model trained with data.file.impute: median (fill values a = 0.25, b = -2)."""
+    card = models.card("regression", [("a", 0.0, 1.0), ("b", -5.0, 5.0)],
+                       imputation={"method": "median", "values": {"a": 0.25, "b": -2.0}})
+    model_dir = models.write_model_dir(model_root / "imputing_2d", models.linear_onnx([[1.0], [10.0]], [0.0]), card)
+    import httpx
+
+    with httpx.Client(base_url=start_server(model_dir).url, timeout=30) as client:
+        yield client
+
+
+def test_a_model_trained_with_imputation_fills_nulls_and_says_which(imputing_client):
+    rows = [[0.5, None], [None, 1.0], [None, None], [0.5, 1.0]]
+    answer = imputing_client.post("/predict", json={"x": rows}).json()
+    assert answer["predictions"] == [0.5 - 20.0, 0.25 + 10.0, 0.25 - 20.0, 10.5]
+    assert answer["imputed"] == [["b"], ["a"], ["a", "b"], []]
+    assert answer["extrapolated"] == [False] * 4  # fill values lie in the training range
+    by_records = imputing_client.post("/predict", json={"records": [{"a": None, "b": 1.0}]}).json()
+    assert by_records["predictions"] == [10.25] and by_records["imputed"] == [["a"]]
+    assert imputing_client.get("/metadata").json()["imputation"] == {"method": "median", "values": {"a": 0.25, "b": -2.0}}
+
+
+def test_a_model_trained_without_imputation_refuses_null(client):
+    response = client.post("/predict", json={"x": [[0.5, None]]})
+    assert response.status_code == 400 and "x" in response.json()["error"]
+    assert client.post("/predict", json={"x": [[0.5, 1.0]]}).json()["imputed"] is None

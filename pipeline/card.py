@@ -1,0 +1,58 @@
+"""The model card: what the service needs and a reader wants to know about one registered model.
+
+`evaluate` writes the card of the model it evaluates and stores it with that model's MLflow run;
+`package` ships the stored card of the champion it packages. So every figure in a served card
+(metrics, interval calibration, training ranges, fill values) belongs to the served model, also
+when an older champion is packaged after a newer model lost the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.data import Splits
+from pipeline.errors import PipelineError
+
+CARD_ARTIFACT = "card/card.json"
+
+
+def model_card(splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str) -> dict:
+    """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`."""
+    schema = splits.schema
+    return {
+        "task": schema.task,
+        "target": schema.target,
+        "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
+                     for n in schema.features],
+        "class_labels": schema.class_labels,
+        "interval": interval,
+        "imputation": None if schema.fill_values is None else {"method": schema.impute, "values": schema.fill_values},
+        "metrics": metrics,
+        "data_hash": run.data.tags.get("data_sha256"),
+        "split_fingerprint": fingerprint,
+        "params": run.data.params,
+    }
+
+
+def log_card(run_id: str, card: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(CARD_ARTIFACT).name
+        path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=str(Path(CARD_ARTIFACT).parent))
+
+
+def stored_card(version) -> dict:
+    """The card `evaluate` stored for a registered version."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=CARD_ARTIFACT)
+    except (MlflowException, OSError):
+        raise PipelineError(f"{version.name} v{version.version} has no stored model card (it was registered by an "
+                            "older version of this pipeline); run `dvc repro --force evaluate` to register a "
+                            "model that has one") from None
+    return json.loads(Path(path).read_text())
