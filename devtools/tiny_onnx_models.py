@@ -51,7 +51,7 @@ def card(task: str, features: list[tuple[str, float, float]], **extra) -> dict:
         "mlflow": {"run_id": "abc123", "model_version": "3"},
         "git_commit": "deadbeef",
         "data_hash": "md5:0123",
-        "params": {"hidden": [8]},
+        "params": {"units_1": "8"},
     }
     if task == "regression":
         card["interval"] = {

@@ -3,7 +3,9 @@
 `evaluate` writes the card of the model it evaluates and stores it with that model's MLflow run;
 `package` ships the stored card of the champion it packages. So every figure in a served card
 (metrics, interval calibration, training ranges, fill values) belongs to the served model, also
-when an older champion is packaged after a newer model lost the comparison.
+when an older champion is packaged after a newer model lost the comparison. Both validate against
+the service's own schema (service.api_models.ModelCard), so a card the pipeline writes is one the
+service accepts.
 """
 
 from __future__ import annotations
@@ -18,14 +20,25 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.data import Splits
 from pipeline.errors import PipelineError
+from service.api_models import ModelCard
 
 CARD_ARTIFACT = "card/card.json"
 
 
-def model_card(splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str) -> dict:
+def validated(card: dict) -> dict:
+    """`card` checked against the service's schema: a field it does not declare is a bug here."""
+    undeclared = sorted(set(card) - set(ModelCard.model_fields))
+    if undeclared:
+        raise ValueError(f"model card fields {undeclared} are not declared in service/api_models.py's ModelCard")
+    ModelCard.model_validate(card)
+    return card
+
+
+def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str) -> dict:
     """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`."""
     schema = splits.schema
-    return {
+    return validated({
+        "name": name,
         "task": schema.task,
         "target": schema.target,
         "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
@@ -37,7 +50,7 @@ def model_card(splits: Splits, metrics: dict, interval: dict | None, run, finger
         "data_hash": run.data.tags.get("data_sha256"),
         "split_fingerprint": fingerprint,
         "params": run.data.params,
-    }
+    })
 
 
 def log_card(run_id: str, card: dict) -> None:

@@ -187,6 +187,7 @@ class EvaluateConfig(_Strict):
     noise_floor_points: int = Field(ge=100, le=10_000_000)
     seed: int = Field(ge=0)
     min_fair_rows: int = Field(ge=1)
+    interval_coverage: float = Field(gt=0, lt=1)
 
 
 class TrackingConfig(_Strict):

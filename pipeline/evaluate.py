@@ -8,7 +8,6 @@ majority class and LogisticRegression.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from pipeline.registry import (  # noqa: E402
     split_fingerprint,
 )
 from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, MODEL_URI_TAG, find_run  # noqa: E402
+from service.api_models import conformal_half_width  # noqa: E402
 
 METRICS_PATH = Path("metrics/evaluate.json")
 REGISTRY_PATH = Path("models/registry.json")
@@ -61,7 +61,6 @@ PLOTS_DIR = Path("plots/evaluate")
 TUTORIAL = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0,
                        optimizer="adam", learning_rate=0.001, batch_size=32)
 TUTORIAL_EPOCHS = 200
-INTERVAL_COVERAGE = 0.9  # the service's default
 # The metric the registry compares on (lower is better): a proper score for every task.
 PRIMARY_METRIC = {"regression": "rmse", "binary": "log_loss", "multiclass": "log_loss"}
 
@@ -147,12 +146,11 @@ def interval_calibration(model: keras.Model) -> tuple[str, str]:
 
 def conformal_interval(residuals: np.ndarray, predictor: Predictor, splits: Splits,
                        coverage: float) -> dict[str, float | None]:
-    """The conformal half-width from sorted calibration residuals (as the service computes it) and
+    """The conformal half-width from sorted calibration residuals (the service's own formula) and
     its coverage on test."""
-    rank = math.ceil((len(residuals) + 1) * coverage)
-    if rank > len(residuals):
+    half_width = conformal_half_width(residuals.tolist(), coverage)
+    if half_width is None:
         return {"interval_half_width": None, "interval_coverage_test": 1.0}
-    half_width = float(residuals[rank - 1])
     x_test, y_test = features_and_target(splits.test, splits.schema)
     inside = np.abs(y_test[:, 0] - predictor(x_test)) <= half_width
     return {"interval_half_width": half_width, "interval_coverage_test": float(inside.mean())}
@@ -191,7 +189,7 @@ def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, di
     ours = score(predictor, splits, params)
     if splits.schema.task == "regression":
         residuals = calibration_residuals(model, splits, params.split.seed)
-        ours |= conformal_interval(residuals, predictor, splits, INTERVAL_COVERAGE)
+        ours |= conformal_interval(residuals, predictor, splits, params.evaluate.interval_coverage)
     results = {"model": _rounded(ours)}
     for name, baseline in sklearn_baselines(splits, params.split.folds).items():
         results[name] = _rounded(score(baseline, splits, params))
@@ -325,13 +323,13 @@ def baseline_lines(metrics: dict[str, dict], primary: str) -> list[str]:
     return lines
 
 
-def interval_spec(model: keras.Model, splits: Splits, seed: int) -> dict | None:
+def interval_spec(model: keras.Model, splits: Splits, params: Params) -> dict | None:
     """The card's conformal calibration (regression only): method, rows and sorted |residuals|."""
     if splits.schema.task != "regression":
         return None
     method, calibration = interval_calibration(model)
-    residuals = calibration_residuals(model, splits, seed)
-    return {"method": method, "calibration": calibration, "default_coverage": INTERVAL_COVERAGE,
+    residuals = calibration_residuals(model, splits, params.split.seed)
+    return {"method": method, "calibration": calibration, "default_coverage": params.evaluate.interval_coverage,
             "abs_residuals": [round(float(r), 8) for r in residuals]}
 
 
@@ -376,7 +374,8 @@ def main(params: Params) -> None:
     test_ids = splits.test.index.to_numpy()
     fingerprint = split_fingerprint(development_ids, test_ids)
     log_development_rows(run_id, development_ids)
-    card = model_card(splits, metrics["model"], interval_spec(model, splits, params.split.seed), train_run, fingerprint)
+    card = model_card(params.tracking.registered_model, splits, metrics["model"], interval_spec(model, splits, params),
+                      train_run, fingerprint)
     log_card(run_id, card)
 
     name, primary = params.tracking.registered_model, PRIMARY_METRIC[schema.task]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pipeline.artifacts import atomic_dir, ensure_writable, file_sha256, write_j
 from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
 from pipeline.errors import PipelineError
-from pipeline.card import stored_card
+from pipeline.card import stored_card, validated
 from pipeline.evaluate import REGISTRY_PATH
 from pipeline.model import predict
 from pipeline.registry import CHAMPION
@@ -73,7 +75,11 @@ def provenance(version, run, model_path: Path) -> dict:
 
 def store_and_build(package_dir: Path, name: str) -> str:
     """Put the package in the BentoML model store under `name` and build the bento from service/,
-    told by the bento argument model_name which model to serve; return the bento's tag."""
+    told by the bento argument model_name which model to serve; return the bento's tag.
+
+    `bentoml build` runs in a process of its own: it imports the service's modules as top-level
+    modules (`service`, `api_models`), which must not meet this process's `service` package.
+    """
     os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     import bentoml
@@ -81,9 +87,13 @@ def store_and_build(package_dir: Path, name: str) -> str:
     with bentoml.models.create(name, labels={"source": "pipeline"}) as stored:
         for item in package_dir.iterdir():
             shutil.copy2(item, Path(stored.path) / item.name)
-    bento = bentoml.bentos.build_bentofile(bentofile=str(SERVICE_DIR / "bentofile.yaml"), build_ctx=str(SERVICE_DIR),
-                                           args={"model_name": name})
-    return str(bento.tag)
+    build = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "--bentofile", "bentofile.yaml",
+                            "--arg", f"model_name={name}", "--output", "tag", "."],
+                           cwd=SERVICE_DIR, capture_output=True, text=True)
+    tags = [line.removeprefix("__tag__:") for line in build.stdout.splitlines() if line.startswith("__tag__:")]
+    if build.returncode != 0 or not tags:
+        raise RuntimeError(f"bentoml build failed ({build.returncode}):\n{build.stdout}{build.stderr}")
+    return tags[-1]
 
 
 def main(params: Params) -> None:
@@ -96,8 +106,7 @@ def main(params: Params) -> None:
     splits = read_splits()
     with atomic_dir(PACKAGE_DIR) as staging:
         gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
-        card = {"name": name, **stored_card(version), "onnx_parity_max_abs_diff": gap}
-        write_json(staging / "card.json", card)
+        write_json(staging / "card.json", validated({**stored_card(version), "onnx_parity_max_abs_diff": gap}))
         write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
     tag = store_and_build(PACKAGE_DIR, name)
     write_json(BENTO_INFO_PATH, {"bento": tag, "model_version": str(version.version)})

@@ -13,7 +13,9 @@ emits the OpenAPI 3.0 dialect (`nullable`, boolean exclusive bounds, `enum`
 instead of `const`), and no top-level field of a request/response is nullable.
 """
 
+import math
 from collections.abc import Callable
+from fractions import Fraction
 from operator import attrgetter
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -119,12 +121,24 @@ class FeatureSpec(OpenAPIModel):
         return self
 
 
+def conformal_half_width(sorted_residuals: list[float], coverage: float) -> float | None:
+    """Split-conformal quantile: the ceil((n+1)*coverage)-th smallest |residual|.
+
+    None when that rank exceeds n: with n calibration points no finite interval reaches this
+    coverage. Fraction(str(coverage)) keeps 0.07 * 100 exactly 7. The pipeline's evaluate
+    stage and the service both use this function, so the interval a card's metrics report is
+    the interval the service serves.
+    """
+    rank = math.ceil((len(sorted_residuals) + 1) * Fraction(str(coverage)))
+    return None if rank > len(sorted_residuals) else sorted_residuals[rank - 1]
+
+
 class IntervalSpec(OpenAPIModel):
     model_config = ConfigDict(extra="allow")
 
     method: Literal["split-conformal", "cross-conformal"]
     calibration: str = "validation"
-    default_coverage: Coverage = 0.9
+    default_coverage: Coverage = Field(description="params.yaml's evaluate.interval_coverage.")
     abs_residuals: list[Annotated[FiniteFloat, Field(ge=0)]] = Field(
         min_length=1, description="Absolute residuals |y - yhat| on the calibration set."
     )
@@ -139,13 +153,24 @@ class ImputationSpec(OpenAPIModel):
     )
 
 
+class Provenance(OpenAPIModel):
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = None
+    alias: str | None = None
+
+
 class ModelCard(OpenAPIModel):
-    """The model card written by the pipeline; fields not listed here pass through unchanged."""
+    """The model card: the pipeline writes it (validated against this model) and the service
+    reads it. Fields not listed here pass through unchanged, so an older service reads a newer card."""
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = "keras-mlp"
+    name: str
     task: Literal["regression", "binary", "multiclass"]
+    target: str | None = None
     features: list[FeatureSpec] = Field(
         min_length=1, description="In the column order of the model input."
     )
@@ -160,6 +185,17 @@ class ModelCard(OpenAPIModel):
         description="Present when the model was trained with data.file.impute: /predict then accepts "
         "null feature values and fills them with these.",
     )
+    metrics: dict[str, FiniteFloat | None] = Field(
+        default_factory=dict, description="This model's test metrics, measured by the pipeline's evaluate stage."
+    )
+    data_hash: str | None = Field(default=None, description="sha256 of the data the model was trained on.")
+    split_fingerprint: str | None = Field(
+        default=None, description="Which rows it learnt from and was tested on (the registry's fair rule)."
+    )
+    params: dict[str, str] = Field(default_factory=dict, description="The training run's parameters.")
+    onnx_parity_max_abs_diff: FiniteFloat | None = None
+    mlflow: Provenance | None = Field(default=None, description="From provenance.json, when it matches the model.")
+    git_commit: str | None = None
 
     @field_validator("features")
     @classmethod
@@ -250,7 +286,7 @@ class PredictRequestBase(StrictBody):
 
 
 def build_request_model(
-    card: ModelCard, *, max_rows: int, default_coverage: float
+    card: ModelCard, *, max_rows: int, default_coverage: float | None
 ) -> type[PredictRequestBase]:
     """The /predict request model for this card: its features, its task, the row limit."""
     names = card.feature_names

@@ -8,16 +8,14 @@ import functools
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from api_models import ModelCard, validation_summary
+from api_models import ModelCard, conformal_half_width, validation_summary
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -172,16 +170,8 @@ class ModelBundle:
 
     @functools.lru_cache(maxsize=128)
     def interval_half_width(self, coverage: float) -> float | None:
-        """Split-conformal quantile: the ceil((n+1)*coverage)-th smallest |residual|.
-
-        None when that rank exceeds n: with n calibration points no finite interval
-        reaches this coverage. Fraction(str(coverage)) keeps 0.07 * 100 exactly 7.
-        """
-        residuals = self._sorted_residuals
-        rank = math.ceil((len(residuals) + 1) * Fraction(str(coverage)))
-        if rank > len(residuals):
-            return None
-        return residuals[rank - 1]
+        """The conformal half-width at `coverage`; None where no finite interval reaches it."""
+        return conformal_half_width(self._sorted_residuals, coverage)
 
     def max_bounded_coverage(self) -> float:
         """Largest coverage that still gives a finite interval: n / (n + 1)."""

@@ -198,7 +198,7 @@ except StartupError as refusal:
     refuse_to_start(refusal, os.environ)
 CARD: ModelCard = BUNDLE.card
 IS_REGRESSION = CARD.task == "regression"
-DEFAULT_COVERAGE = SETTINGS.coverage or (CARD.interval.default_coverage if IS_REGRESSION else 0.9)
+DEFAULT_COVERAGE = (SETTINGS.coverage or CARD.interval.default_coverage) if IS_REGRESSION else None
 
 PredictRequest = build_request_model(
     CARD, max_rows=SETTINGS.max_rows, default_coverage=DEFAULT_COVERAGE

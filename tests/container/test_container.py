@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from tests.conftest import Project, make_project, run
-from tests.pipeline.test_stage_deps import declared_stages, stage_modules
+from tests.pipeline.test_stage_deps import declared_stages, module_path, stage_modules
 from devtools.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,7 +250,7 @@ def test_container_answers_as_the_local_service(container: Container, local_serv
 def test_editing_a_module_reruns_the_stages_that_import_it(journey: Project) -> None:
     importers = {stage: stage_modules(stage) for stage in declared_stages()}
     for module in sorted(set().union(*importers.values())):
-        path = journey.path / "pipeline" / f"{module.split('.', 1)[1]}.py"
+        path = journey.path / module_path(module)
         original = path.read_text()
         path.write_text(original + "\n# an edit\n")
         try:
@@ -258,7 +258,7 @@ def test_editing_a_module_reruns_the_stages_that_import_it(journey: Project) -> 
         finally:
             path.write_text(original)
         expected = {stage for stage, modules in importers.items() if module in modules}
-        assert changed == expected, f"editing {path.name}: dvc status reports {sorted(changed)}"
+        assert changed == expected, f"editing {module_path(module)}: dvc status reports {sorted(changed)}"
 
 
 def test_bad_request_is_a_client_error(container: Container) -> None:
