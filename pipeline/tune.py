@@ -44,6 +44,7 @@ from pipeline.config import HyperParams, Params, SearchSpace
 from pipeline.data import RAW_PATH, Splits, development_folds, read_splits
 from pipeline.errors import PipelineError
 from pipeline.imports import closure, module_file
+from pipeline.optuna_private import retried_trial_number, trial_id
 from pipeline.sampling import ResumableTPESampler
 from pipeline.train import fit_fold
 
@@ -192,7 +193,7 @@ class MlflowTrialLogger:
                              "optuna_study": study.study_name, "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")})
             if PRUNED_BECAUSE_ATTR in trial.user_attrs:
                 mlflow.set_tag(PRUNED_BECAUSE_ATTR, trial.user_attrs[PRUNED_BECAUSE_ATTR])
-            retried = trial.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
+            retried = retried_trial_number(trial)
             if retried is not None:
                 mlflow.set_tag("retry_of_trial", str(retried))
             values = trial.intermediate_values
@@ -377,7 +378,7 @@ class Heartbeat:
     """Records a running trial's heartbeat every interval from a thread, so a dead worker's trial is noticed."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial):
-        self.storage, self.trial_id = storage, trial._trial_id
+        self.storage, self.trial_id = storage, trial_id(trial)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
 
@@ -419,8 +420,8 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStor
         if not _died_here(trial.user_attrs.get(WORKER_ATTR)):
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
-                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+            if storage.set_trial_state_values(trial_id(trial), state=optuna.trial.TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id(trial)))
 
 
 def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
@@ -438,7 +439,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
         if sum(states[s] for s in FINISHED) + states[RUNNING] >= target:
             return None, states
         trial = study.ask()  # a queued (retried) trial first, else a new one
-        storage.record_heartbeat(trial._trial_id)  # before the lock is released: a trial is never without one
+        storage.record_heartbeat(trial_id(trial))  # before the lock is released: a trial is never without one
         trial.set_user_attr(WORKER_ATTR, WORKER_ID)
     return trial, states
 
@@ -449,7 +450,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
     (missed heartbeats), in which case its retry is already queued and this result is dropped."""
 
     def still_running() -> bool:
-        return storage.get_trial(trial._trial_id).state == RUNNING
+        return storage.get_trial(trial_id(trial)).state == RUNNING
 
     def lost() -> None:
         print(f"tune: trial {trial.number} was declared lost by another worker (no heartbeat for "
