@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import optuna
 
+from pipeline.optuna_private import sampler_rngs
+
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -21,6 +23,6 @@ class ResumableTPESampler(optuna.samplers.TPESampler):
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         trial_seed = (self._base_seed * 1_000_003 + finished) % 2**32
-        self._rng.rng.seed(trial_seed)
-        self._random_sampler._rng.rng.seed(trial_seed)
+        for rng in sampler_rngs(self):
+            rng.seed(trial_seed)
         super().before_trial(study, trial)

@@ -145,7 +145,7 @@ def run_and_kill_a_worker(procs, cmd, root, env, infra, logs):
     rest to finish. Returns the study and the killed worker's trial (as it was when it was running)."""
     import optuna
 
-    from pipeline.tune import WORKER_ATTR
+    from pipeline.study_attrs import WORKER_ATTR
 
     wait_for(lambda: all("waiting for study" in (logs / f"{n}.log").read_text() for n in procs), 240,
              "the workers to wait for the study", procs, logs)
@@ -184,7 +184,7 @@ def test_three_workers_share_one_study_and_a_killed_workers_trial_is_retried(pro
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tune import PARENT_RUN_ATTR, WORKER_ATTR
+    from pipeline.study_attrs import PARENT_RUN_ATTR, WORKER_ATTR
 
     project.set_params({"tune": {"n_trials": N_TRIALS, "epochs": 150, "patience": 150,
                                  "pruner": {"n_startup_trials": 4, "n_warmup_steps": 30}},

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import parse_params
 from pipeline.data import RAW_PATH, load, split, write_frame
 from pipeline.errors import PipelineError
-from pipeline.tune import BEST_PARAMS_PATH, main as tune_main, open_study, read_best_params, storage_url
+from pipeline.trial_scheduling import storage_url
+from pipeline.tune import BEST_PARAMS_PATH, main as tune_main, open_study, read_best_params
 from tests.conftest import ROOT, TINY, merge
 
 pytestmark = pytest.mark.slow
@@ -143,7 +144,8 @@ def test_a_finished_trial_whose_run_was_never_logged_gets_it_on_the_next_run(tmp
 def test_a_trial_logged_twice_still_has_one_run(tmp_path, monkeypatch):
     """A worker's callback and the stage's log_missing can both reach a just-finished trial; the
     second must find the first's run (under the storage lock) and not log another."""
-    from pipeline.tune import PARENT_RUN_ATTR, MlflowTrialLogger
+    from pipeline.study_attrs import PARENT_RUN_ATTR
+    from pipeline.trial_logging import MlflowTrialLogger
 
     params = tiny_params({"tune": {"n_trials": 2}})
     run_tune(tmp_path, monkeypatch, params)
@@ -193,7 +195,7 @@ def test_one_se_picks_the_most_regularised_trial_within_one_standard_error_of_th
 
 
 def test_one_se_search_hands_train_the_chosen_trial_and_switching_rules_reuses_the_study(tmp_path, monkeypatch, capsys):
-    from pipeline.tune import FOLD_LOSSES_ATTR
+    from pipeline.study_attrs import FOLD_LOSSES_ATTR
 
     wide_l2 = {"split": {"folds": 2}, "tune": {"n_trials": 5, "space": {"l2": {"low": 1e-5, "high": 0.1, "log": True}}}}
     lowest = run_tune(tmp_path, monkeypatch, tiny_params(wide_l2))

@@ -1,0 +1,113 @@
+"""What the tuning study shows: one MLflow parent run per search with a child run per trial, and a progress bar.
+
+Any process sharing the study (the stage or a worker) may create the parent run or log a trial, so each
+check-then-log step runs under the storage lock (pipeline/trial_scheduling.py) and state shared between processes
+lives in the study itself (pipeline/study_attrs.py): a trial gets exactly one run, whoever finishes it, finds it
+lost, or fills the gap a killed process left.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import mlflow
+import optuna
+from tqdm import tqdm
+
+from pipeline.config import Params
+from pipeline.optuna_private import retried_trial_number
+from pipeline.study_attrs import EPOCHS_RUN_ATTR, FOLD_LOSSES_ATTR, PARENT_RUN_ATTR, PRUNED_BECAUSE_ATTR, WORKER_ATTR
+from pipeline.trial_scheduling import FINISHED, finished_trials, storage_lock, storage_url
+
+
+def parent_run_id(study: optuna.Study, params: Params) -> str:
+    """The search's MLflow parent run, created once per study (under the storage lock: by whichever process comes
+    first) and shared through its user attributes."""
+    with storage_lock(storage_url(params)):
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id is None:
+            run = mlflow.start_run(run_name=f"tune {study.study_name} ({params.tune.n_trials} trials)")
+            mlflow.set_tags({"stage": "tune", "optuna_study": study.study_name})
+            mlflow.log_params({"n_trials": params.tune.n_trials, "sampler": "TPE", "pruner": "median",
+                               "tune_seed": params.tune.seed})
+            mlflow.log_dict(params.tune.space.model_dump(), "search_space.json")
+            mlflow.end_run()
+            run_id = run.info.run_id
+            study.set_user_attr(PARENT_RUN_ATTR, run_id)
+    return run_id
+
+
+class MlflowTrialLogger:
+    """Optuna callback: each trial (finished, or failed) becomes one nested MLflow run under the search's parent,
+    logged by whichever process ran it (a lost trial: by the process that found it lost).
+
+    Check-and-log happens under the storage lock, so a trial gets exactly one run even when the stage's
+    `log_missing` looks while a worker, between recording a trial and logging it, is about to log it too."""
+
+    def __init__(self, parent_run_id: str, experiment_id: str, storage: str):
+        self.parent_run_id = parent_run_id
+        self.experiment_id = experiment_id
+        self.storage = storage
+
+    def logged_trials(self, number: int | None = None) -> set[str]:
+        """Trial numbers that have a run (all, or only `number` if it has one)."""
+        query = f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+        if number is not None:
+            query += f" and tags.trial_number = '{number}'"
+        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list", filter_string=query)
+        return {run.data.tags.get("trial_number") for run in runs}
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with storage_lock(self.storage):
+            if not self.logged_trials(trial.number):
+                self._log(study, trial)
+
+    def _log(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = trial.state.name.lower()
+        with mlflow.start_run(run_name=f"trial {trial.number:03d} ({state})", nested=True,
+                              parent_run_id=self.parent_run_id, experiment_id=self.experiment_id):
+            mlflow.log_params(trial.params)
+            mlflow.set_tags({"stage": "tune", "trial_number": str(trial.number), "trial_state": state,
+                             "optuna_study": study.study_name, "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")})
+            if PRUNED_BECAUSE_ATTR in trial.user_attrs:
+                mlflow.set_tag(PRUNED_BECAUSE_ATTR, trial.user_attrs[PRUNED_BECAUSE_ATTR])
+            retried = retried_trial_number(trial)
+            if retried is not None:
+                mlflow.set_tag("retry_of_trial", str(retried))
+            values = trial.intermediate_values
+            if trial.value is not None:
+                mlflow.log_metric("val_loss", trial.value)
+            elif values:
+                mlflow.log_metric("val_loss", min(values.values()))
+            mlflow.log_metric("epochs_run", trial.user_attrs.get(EPOCHS_RUN_ATTR, len(values)))
+            fold_losses = trial.user_attrs.get(FOLD_LOSSES_ATTR, [])
+            if len(fold_losses) > 1:
+                mlflow.log_metrics({f"val_loss_fold_{i}": loss for i, loss in enumerate(fold_losses, start=1)})
+
+    def log_missing(self, study: optuna.Study) -> int:
+        """Log the finished trials that have no run yet; returns how many.
+
+        A process killed after Optuna records a trial but before this callback logs it leaves the
+        trial without its run; the stage fills such gaps once the search is done.
+        """
+        with storage_lock(self.storage):
+            logged = self.logged_trials()
+            missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if str(t.number) not in logged]
+            for trial in missing:
+                self._log(study, trial)
+        return len(missing)
+
+
+class ProgressBar:
+    """Trials done, best value so far, elapsed time; silent without a terminal (CI, dvc logs)."""
+
+    def __init__(self, total: int, done: int):
+        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", disable=not sys.stderr.isatty())
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.bar.update(finished_trials(study) - self.bar.n)  # other workers' trials count too
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            self.bar.set_postfix(best=f"{study.best_value:.5f}")
+
+    def close(self) -> None:
+        self.bar.close()
