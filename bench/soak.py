@@ -233,20 +233,11 @@ def main() -> int:
 
 def soak(args, server: Server, card: dict, model_label: str) -> int:
     rng = random.Random(args.seed)
-    runner = Soak(
-        host="127.0.0.1",
-        port=server.port,
-        duration_s=args.duration,
-        window_s=args.report_every,
-        concurrency=args.concurrency,
-        max_requests=args.max_requests,
-        invalid_rate=args.invalid_rate,
-        oversize_rate=args.oversize_rate,
-        valid=valid_bodies(card, rng),
-        invalid=invalid_bodies(card),
-        oversize=oversize_body(DEFAULT_MAX_BODY_BYTES),
-        seed=args.seed,
-    )
+    runner = Soak(host="127.0.0.1", port=server.port, duration_s=args.duration, window_s=args.report_every,
+                  concurrency=args.concurrency, max_requests=args.max_requests, seed=args.seed,
+                  invalid_rate=args.invalid_rate, oversize_rate=args.oversize_rate,
+                  valid=valid_bodies(card, rng), invalid=invalid_bodies(card),
+                  oversize=oversize_body(DEFAULT_MAX_BODY_BYTES))
     me = psutil.Process()
     cpu_of = lambda processes: sum(p.cpu_times().user + p.cpu_times().system for p in processes)  # noqa: E731
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from devtools import tiny_onnx_models as models  # noqa: E402
-from tests.service.fuzzing import run_schemathesis  # noqa: E402
+from devtools.fuzzing import run_schemathesis  # noqa: E402
 from devtools.server import Server  # noqa: E402
 
 TOKEN = "fuzz-token-7d1e"

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from devtools import tiny_onnx_models as models
-from .fuzzing import run_schemathesis
+from devtools.fuzzing import run_schemathesis
 
 pytestmark = pytest.mark.slow
 
@@ -50,39 +50,15 @@ def test_fuzz_classifier_with_token_auth(start_server, model_root, tmp_path):
 class PlantedFaults(BaseHTTPRequestHandler):
     """A one-operation API with two planted bugs: 500 for negative n; n answered as a string."""
 
+    ITEM = {"application/json": {"schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}}}
     SPEC = {
         "openapi": "3.0.2",
         "info": {"title": "planted", "version": "1"},
         "paths": {
             "/items": {
                 "post": {
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["n"],
-                                    "properties": {"n": {"type": "integer"}},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "ok",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["n"],
-                                        "properties": {"n": {"type": "integer"}},
-                                    }
-                                }
-                            },
-                        },
-                        "400": {"description": "bad"},
-                    },
+                    "requestBody": {"required": True, "content": ITEM},
+                    "responses": {"200": {"description": "ok", "content": ITEM}, "400": {"description": "bad"}},
                 }
             }
         },
