@@ -34,12 +34,13 @@ run: setup
 	dvc repro
 
 ## test: the full test suite (unit, end-to-end, service, browser, container); installs what it drives
+# One worker per core; a file's tests stay on one worker, so a module's server or image is built once.
 test: setup system-deps
-	pytest
+	pytest -n auto --dist loadfile
 
 ## test-fast: unit tests only (no pipeline runs, no servers)
 test-fast: setup
-	pytest -m "not slow"
+	pytest -m "not slow" -n auto --dist loadfile
 
 ## bench: side-by-side figures, printed as tables: training speed, tuned quality, data sets
 bench: setup

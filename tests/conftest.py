@@ -1,4 +1,5 @@
-"""Shared fixtures: a throw-away copy of the project (git + DVC) with tiny params."""
+"""Shared fixtures: a throw-away copy of the project (git + DVC) with tiny params, and one built
+project (a committed `dvc repro`) that read-only checks share across the whole run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -20,7 +22,7 @@ PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", "
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
     "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
-    "train": {"epochs": 30, "patience": 5},
+    "train": {"epochs": 30, "patience": 5, "min_epochs": 0},
     "evaluate": {"noise_floor_points": 500},
 }
 
@@ -51,6 +53,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> 
 class Project:
     def __init__(self, path: Path):
         self.path = path
+        self.repro_output = ""
 
     def params(self) -> dict:
         return yaml.safe_load((self.path / "params.yaml").read_text())
@@ -85,3 +88,29 @@ def make_project(path: Path, override: dict | None = None) -> Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "project")
+
+
+# The built project registers its model under a name of its own: the package stage, the bento and
+# the image must follow params.yaml's tracking.registered_model.
+BUILT_PARAMS = {"tracking": {"registered_model": "line-mlp"}}
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
+    """A project after one `dvc repro` (tiny params), committed: built once per test run, shared by
+    pytest-xdist's workers through a file lock. Read-only: a test that changes files or stores works
+    on its own `project`, or on a `git clone` of this one. `repro_output` holds what dvc repro printed."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    path, log, done = shared / "built" / "project", shared / "built" / "repro.log", shared / "built" / "done"
+    with FileLock(str(shared / "built.lock")):
+        if not done.exists():
+            project = make_project(path, BUILT_PARAMS)
+            result = project.run("dvc", "repro", timeout=1200)
+            log.write_text(result.stdout + result.stderr)
+            project.commit("first run")
+            done.touch()
+    project = Project(path)
+    project.repro_output = log.read_text()
+    return project

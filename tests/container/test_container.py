@@ -1,8 +1,8 @@
 """The newcomer's journey, on real artifacts: pipeline -> package -> image -> answers.
 
 What the README tells a user to do, in a fresh copy of the project (small params, a renamed
-registered model): `dvc repro`, commit, clone, `dvc repro` again in the clone (the committed
-dvc.lock must be reproduced: `git status` clean), `make serve`'s bento, and the image built by the
+registered model): `dvc repro`, commit (the run's shared built project), clone, `dvc repro` again
+in the clone (the committed dvc.lock must be reproduced: `git status` clean), `make serve`'s bento, and the image built by the
 top-level Dockerfile from that clone's own models/package (no hand-made model anywhere). The image
 runs as deployed (read-only root, non-root user, a tmpfs for /tmp) and must answer exactly as the
 local service does. Then an edit to each pipeline module must make `dvc status` report exactly
@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Project, make_project, run
+from tests.conftest import Project, run
 from tests.pipeline.test_stage_deps import declared_stages, module_path, stage_modules
 from devtools.server import Server
 
@@ -44,8 +44,6 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 TIMINGS: dict[str, float | int | str] = {}
-# Small, and with a registered model name of its own: the served model must follow params.yaml.
-JOURNEY_PARAMS = {"tracking": {"registered_model": "line-mlp"}}
 
 
 def record(name: str, value: float | int | str) -> None:
@@ -96,15 +94,10 @@ def base_image(podman_env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def journey(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A clone of a project whose first `dvc repro` was committed, after its own `dvc repro`."""
-    first = make_project(tmp_path_factory.mktemp("first") / "project", JOURNEY_PARAMS)
-    start = time.monotonic()
-    first.run("dvc", "repro", timeout=1200)
-    record("first_repro_seconds", time.monotonic() - start)
-    first.commit("first run")
+def journey(built_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A clone of the built project (its first `dvc repro` committed), after its own `dvc repro`."""
     clone = Project(tmp_path_factory.mktemp("clone") / "project")
-    run(["git", "clone", "-q", str(first.path), str(clone.path)], cwd=first.path.parent)
+    run(["git", "clone", "-q", str(built_project.path), str(clone.path)], cwd=built_project.path.parent)
     start = time.monotonic()
     clone.run("dvc", "repro", timeout=1200)
     record("clone_repro_seconds", time.monotonic() - start)

@@ -34,10 +34,22 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     champion_metrics = json.loads((root / "metrics/evaluate.json").read_text())["model"]
     champion_card = json.loads((root / "models/package/card.json").read_text())
 
-    # A deliberately worse model: no search, a tiny learning rate, two epochs.
-    project.set_params({"tune": {"n_trials": 0},
-                        "train": {"epochs": 2, "hyperparams": {"learning_rate": 0.0001, "optimizer": "sgd"}}})
-    out = project.run("dvc", "repro").stdout
+    # A deliberately worse model (no search, a tiny learning rate, two epochs), as a DVC experiment
+    # against the committed baseline: `dvc params diff` and `dvc status` name what changed first.
+    project.commit("baseline")
+    worse_params = {"tune": {"n_trials": 0},
+                    "train": {"epochs": 2, "hyperparams": {"learning_rate": 0.0001, "optimizer": "sgd"}}}
+    project.set_params(worse_params)
+    diff = json.loads(project.run("dvc", "params", "diff", "--json").stdout)["params.yaml"]
+    assert {k: diff["train.epochs"][k] for k in ("old", "new")} == {"old": 30, "new": 2}
+    status = project.run("dvc", "status").stdout
+    assert "train" in status and "generate" not in status and "split" not in status
+    project.run("git", "checkout", "params.yaml")
+    out = project.run("dvc", "exp", "run", "-S", "tune.n_trials=0", "-S", "train.epochs=2",
+                      "-S", "train.hyperparams.learning_rate=0.0001", "-S", "train.hyperparams.optimizer=sgd").stdout
+    assert project.params()["train"]["epochs"] == 2
+    shown = json.dumps(json.loads(project.run("dvc", "exp", "show", "--json").stdout))
+    assert '"epochs": 2' in shown and '"epochs": 30' in shown
     worse = json.loads((root / "models/registry.json").read_text())
     assert not worse["promoted"]
     assert worse["champion_version"] == expected_champion

@@ -15,12 +15,13 @@ COMPATIBLE = {"task": "regression", "features": "x"}
 TEST_IDS = np.arange(100, 140, dtype=np.uint64)  # 40 test rows
 
 
-@pytest.fixture
-def champion_with_rows(tmp_path, monkeypatch):
-    """A champion version whose run recorded `development_ids` (as evaluate logs them)."""
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+@pytest.fixture(scope="module")
+def champion_with_rows(tmp_path_factory):
+    """A champion version whose run recorded `development_ids` (as evaluate logs them); one store
+    for the module (creating an MLflow database costs seconds)."""
+    store = tmp_path_factory.mktemp("mlflow")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("t", artifact_location=(store / "artifacts").as_uri())
 
     def make(development_ids: np.ndarray | None, fingerprint: str = "old", **tags: str):
         run = mlflow.MlflowClient().create_run(experiment)
