@@ -76,22 +76,24 @@ def run_pipeline(raw_params: dict):
 
     quiet_libraries()  # before the stages import MLflow, which reads its log level once, on import
     from pipeline.config import parse_params
-    from pipeline.data import RAW_PATH, load, split, write_frame, write_splits
+    from pipeline.data import load, split, write_frame, write_splits
     from pipeline.evaluate import evaluate
     from pipeline.train import train
+    from pipeline.paths import Workspace
     from pipeline.tune import tune
 
     params = parse_params(raw_params)
     previous = Path.cwd()
     with tempfile.TemporaryDirectory() as scratch:
-        os.chdir(scratch)
+        os.chdir(scratch)  # the study and MLflow stores are relative to the working directory
+        ws = Workspace(Path(scratch))
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
         try:
             frame, schema = load(params.data)
-            write_frame(frame, RAW_PATH)
+            write_frame(frame, ws.raw)
             splits = split(frame, schema, params.split)
-            write_splits(splits)
-            best = tune(splits, params) if params.tune.n_trials else params.train.hyperparams
+            write_splits(splits, ws.split_dir)
+            best = tune(splits, params, ws) if params.tune.n_trials else params.train.hyperparams
             model, _ = train(splits, best, params)
             return evaluate(model, splits, params), best, splits, model
         finally:

@@ -13,66 +13,67 @@ from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, Params, load_params
 from pipeline.errors import PipelineError
+from pipeline.paths import Workspace
 
 
-def _generate(params: Params) -> None:
+def _generate(params: Params, ws: Workspace) -> None:
     from pipeline.artifacts import ensure_writable
-    from pipeline.data import RAW_PATH, SCHEMA_PATH, load, write_frame
+    from pipeline.data import load, write_frame
 
-    ensure_writable(RAW_PATH, SCHEMA_PATH)
+    ensure_writable(ws.raw, ws.schema)
     frame, schema = load(params.data)
-    write_frame(frame, RAW_PATH)
-    schema.write(SCHEMA_PATH)
+    write_frame(frame, ws.raw)
+    schema.write(ws.schema)
     print(f"{params.data.source} data: {len(frame)} rows, {len(schema.features)} feature(s), task {schema.task}"
-          f" -> {RAW_PATH}")
+          f" -> {ws.raw}")
 
 
-def _split(params: Params) -> None:
+def _split(params: Params, ws: Workspace) -> None:
     import pandas as pd
 
-    from pipeline.data import RAW_PATH, SPLIT_DIR, Schema, split, write_splits
+    from pipeline.data import Schema, split, write_splits
 
-    splits = split(pd.read_parquet(RAW_PATH), Schema.read(), params.split)
-    write_splits(splits)
+    splits = split(pd.read_parquet(ws.raw), Schema.read(ws.schema), params.split)
+    write_splits(splits, ws.split_dir)
     folds = f", train + val in {params.split.folds} folds" if params.split.folds > 1 else ""
-    print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)}{folds} -> {SPLIT_DIR}")
+    print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)}{folds} -> {ws.split_dir}")
 
 
-def _tune(params: Params, worker: bool = False) -> None:
+def _tune(params: Params, ws: Workspace, worker: bool = False) -> None:
     from pipeline.console import quiet_libraries
 
     quiet_libraries()
     from pipeline import tune
 
-    tune.main(params, worker=worker)
+    tune.main(params, ws, worker=worker)
 
 
-def _train(params: Params) -> None:
+def _train(params: Params, ws: Workspace) -> None:
     from pipeline.console import quiet_libraries
 
     quiet_libraries()
     from pipeline import train
     from pipeline.tune import read_best_params
 
-    train.main(params, read_best_params())
+    train.main(params, ws, read_best_params(ws.best_params))
 
 
-def _evaluate(params: Params) -> None:
+def _evaluate(params: Params, ws: Workspace) -> None:
     from pipeline.console import quiet_libraries
 
     quiet_libraries()
     from pipeline import evaluate
 
-    evaluate.main(params)
+    evaluate.main(params, ws)
 
 
-def _package(params: Params) -> None:
+def _package(params: Params, ws: Workspace) -> None:
     from pipeline.console import quiet_libraries
 
     quiet_libraries()
     from pipeline import package
 
-    package.main(params)
+    package.main(params, ws)
 
 
 STAGES = {"generate": _generate, "split": _split, "tune": _tune, "train": _train, "evaluate": _evaluate,
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         if args.worker:
-            _tune(params, worker=True)
+            _tune(params, Workspace(), worker=True)
         else:
-            STAGES[args.stage](params)
+            STAGES[args.stage](params, Workspace())
     except PipelineError as exc:  # the user's to fix: one line; anything else keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

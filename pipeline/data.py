@@ -20,9 +20,6 @@ from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.errors import PipelineError
 
-RAW_PATH = Path("data/raw.parquet")
-SCHEMA_PATH = Path("data/schema.json")
-SPLIT_DIR = Path("data/split")
 SPLIT_NAMES = ("train", "val", "test")
 MAX_AUTO_CLASSES = 20  # an integer target with at most this many values is read as class labels
 MIN_ROWS = 6  # two each for train, validation and test
@@ -48,11 +45,11 @@ class Schema:
     def n_outputs(self) -> int:
         return len(self.class_labels) if self.task == "multiclass" else 1
 
-    def write(self, path: Path = SCHEMA_PATH) -> None:
+    def write(self, path: Path) -> None:
         write_json(path, asdict(self))
 
     @classmethod
-    def read(cls, path: Path = SCHEMA_PATH) -> Schema:
+    def read(cls, path: Path) -> Schema:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -322,12 +319,12 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(tmp, index=frame.index.name is not None)
 
 
-def read_splits(directory: Path = SPLIT_DIR) -> Splits:
+def read_splits(directory: Path) -> Splits:
     frames = (pd.read_parquet(directory / f"{name}.parquet") for name in SPLIT_NAMES)
     return Splits(*frames, Schema.read(directory / "schema.json"))
 
 
-def write_splits(splits: Splits, directory: Path = SPLIT_DIR) -> None:
+def write_splits(splits: Splits, directory: Path) -> None:
     for name in SPLIT_NAMES:
         write_frame(getattr(splits, name), directory / f"{name}.parquet")
     splits.schema.write(directory / "schema.json")

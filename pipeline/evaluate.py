@@ -50,12 +50,10 @@ from pipeline.registry import (  # noqa: E402
     register_and_promote,
     split_fingerprint,
 )
-from pipeline.train import LEARNING_CURVE_PATH, MODEL_PATH, MODEL_URI_TAG, find_run  # noqa: E402
+from pipeline.paths import Workspace  # noqa: E402
+from pipeline.train import MODEL_URI_TAG, find_run  # noqa: E402
 from service.api_models import conformal_half_width  # noqa: E402
 
-METRICS_PATH = Path("metrics/evaluate.json")
-REGISTRY_PATH = Path("models/registry.json")
-PLOTS_DIR = Path("plots/evaluate")
 
 # The tutorial's exact set-up: 10-5-1 ReLU, Adam at its default rate, 200 epochs, Keras' default batch.
 TUTORIAL = HyperParams(units_1=10, units_2=5, activation="relu", dropout=0.0, l1=0.0, l2=0.0,
@@ -285,11 +283,12 @@ def plot_classification(y_true: np.ndarray, proba: np.ndarray, schema: Schema, d
     _save(fig, directory / "roc_pr_curves.png")
 
 
-def write_plots(model: keras.Model, splits: Splits, params: Params, directory: Path = PLOTS_DIR) -> None:
+def write_plots(model: keras.Model, splits: Splits, params: Params, ws: Workspace) -> None:
     """PNG pictures plus the CSV files that `dvc plots` renders."""
     schema = splits.schema
     x_test, y_test = features_and_target(splits.test, schema)
-    plot_learning_curve(pd.read_csv(LEARNING_CURVE_PATH), directory / "learning_curve.png")
+    directory = ws.plots
+    plot_learning_curve(pd.read_csv(ws.learning_curve), directory / "learning_curve.png")
     if schema.task == "regression":
         frame = splits.test.assign(prediction=predict(model, x_test)[:, 0])
         frame["residual"] = frame[schema.target] - frame["prediction"]
@@ -352,23 +351,23 @@ def served_model_lines(metrics: dict) -> list[str]:
             f"v{served['served']}'s test figures (on its own test set): {figures}"]
 
 
-def main(params: Params) -> None:
-    ensure_writable(METRICS_PATH, REGISTRY_PATH, PLOTS_DIR / "x")
-    splits = read_splits()
+def main(params: Params, ws: Workspace) -> None:
+    ensure_writable(ws.metrics, ws.registry, ws.plots / "x")
+    splits = read_splits(ws.split_dir)
     schema = splits.schema
-    model = keras.saving.load_model(MODEL_PATH, safe_mode=True)
+    model = keras.saving.load_model(ws.model, safe_mode=True)
     metrics = {"task": schema.task, **evaluate(model, splits, params)}
-    write_plots(model, splits, params)
+    write_plots(model, splits, params, ws)
 
     tracking.configure(params.tracking)
-    train_run = find_run(params.tracking.experiment)
+    train_run = find_run(params.tracking.experiment, ws.model)
     run_id = train_run.info.run_id
     with mlflow.start_run(run_id=run_id):
         for name, values in metrics.items():
             if isinstance(values, dict):
                 prefix = "test_" if name == "model" else f"{name}_"
                 mlflow.log_metrics({f"{prefix}{k}": v for k, v in values.items() if v is not None})
-        mlflow.log_artifacts(str(PLOTS_DIR), artifact_path="plots")
+        mlflow.log_artifacts(str(ws.plots), artifact_path="plots")
 
     development_ids = np.concatenate([splits.train.index.to_numpy(), splits.val.index.to_numpy()])
     test_ids = splits.test.index.to_numpy()
@@ -394,8 +393,8 @@ def main(params: Params) -> None:
     if not registry["promoted"]:
         champion = MlflowClient().get_model_version(name, registry["champion_version"])
         metrics["versions"]["served_metrics"] = stored_card(champion)["metrics"]
-    write_json(REGISTRY_PATH, registry)
-    write_json(METRICS_PATH, metrics)
+    write_json(ws.registry, registry)
+    write_json(ws.metrics, metrics)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics["model"].items() if isinstance(v, float))
     print(f"test ({schema.task}): {summary}")
     print("\n".join(baseline_lines(metrics, primary)))

@@ -26,14 +26,11 @@ from pipeline.config import Params
 from pipeline.data import Splits, features_and_target, read_splits
 from pipeline.errors import PipelineError
 from pipeline.card import stored_card, validated
-from pipeline.evaluate import REGISTRY_PATH
+from pipeline.paths import Workspace
 from pipeline.model import predict
 from pipeline.registry import CHAMPION
 
-PACKAGE_DIR = Path("models/package")
 PROVENANCE_FILE = "provenance.json"  # the service's model_bundle.PROVENANCE_FILE
-BENTO_INFO_PATH = Path("models/bento.json")  # the bento's tag, for `make serve`; outside DVC like provenance
-SERVICE_DIR = Path("service")
 PARITY_TOLERANCE = 1e-5
 
 
@@ -73,41 +70,41 @@ def provenance(version, run, model_path: Path) -> dict:
     }
 
 
-def store_and_build(package_dir: Path, name: str) -> str:
+def store_and_build(ws: Workspace, name: str) -> str:
     """Put the package in the BentoML model store under `name` and build the bento from service/,
     told by the bento argument model_name which model to serve; return the bento's tag.
 
     `bentoml build` runs in a process of its own: it imports the service's modules as top-level
     modules (`service`, `api_models`), which must not meet this process's `service` package.
     """
-    os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / "bentoml"))
+    os.environ.setdefault("BENTOML_HOME", str(ws.bentoml_home.resolve()))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     import bentoml
 
     with bentoml.models.create(name, labels={"source": "pipeline"}) as stored:
-        for item in package_dir.iterdir():
+        for item in ws.package.iterdir():
             shutil.copy2(item, Path(stored.path) / item.name)
     build = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "--bentofile", "bentofile.yaml",
                             "--arg", f"model_name={name}", "--output", "tag", "."],
-                           cwd=SERVICE_DIR, capture_output=True, text=True)
+                           cwd=ws.service, capture_output=True, text=True)
     tags = [line.removeprefix("__tag__:") for line in build.stdout.splitlines() if line.startswith("__tag__:")]
     if build.returncode != 0 or not tags:
         raise RuntimeError(f"bentoml build failed ({build.returncode}):\n{build.stdout}{build.stderr}")
     return tags[-1]
 
 
-def main(params: Params) -> None:
-    ensure_writable(PACKAGE_DIR, BENTO_INFO_PATH)
+def main(params: Params, ws: Workspace) -> None:
+    ensure_writable(ws.package, ws.bento_info)
     tracking.configure(params.tracking)
-    name = json.loads(REGISTRY_PATH.read_text())["registered_model"]
+    name = json.loads(ws.registry.read_text())["registered_model"]
     version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     run = MlflowClient().get_run(version.run_id) if version.run_id else None
     model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
-    splits = read_splits()
-    with atomic_dir(PACKAGE_DIR) as staging:
+    splits = read_splits(ws.split_dir)
+    with atomic_dir(ws.package) as staging:
         gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
         write_json(staging / "card.json", validated({**stored_card(version), "onnx_parity_max_abs_diff": gap}))
         write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
-    tag = store_and_build(PACKAGE_DIR, name)
-    write_json(BENTO_INFO_PATH, {"bento": tag, "model_version": str(version.version)})
+    tag = store_and_build(ws, name)
+    write_json(ws.bento_info, {"bento": tag, "model_version": str(version.version)})
     print(f"packaged {name} v{version.version}: ONNX parity {gap:.2g}, bento {tag}")

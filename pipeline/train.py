@@ -16,12 +16,11 @@ from mlflow.models import infer_signature
 from pipeline import tracking
 from pipeline.artifacts import atomic_path, ensure_writable, file_sha256
 from pipeline.config import HyperParams, Params
-from pipeline.data import RAW_PATH, Fold, Schema, Splits, development_folds, features_and_target, read_splits
+from pipeline.data import Fold, Schema, Splits, development_folds, features_and_target, read_splits
 from pipeline.errors import PipelineError
+from pipeline.paths import Workspace
 from pipeline.model import EpochCallback, History, average, build_model, fit, member_name, save_model, seed_everything
 
-MODEL_PATH = Path("models/model.keras")
-LEARNING_CURVE_PATH = Path("plots/learning_curve.csv")
 MODEL_SHA256_TAG = "model_sha256"
 MODEL_URI_TAG = "model_uri"
 
@@ -77,7 +76,7 @@ def run_name(hp: HyperParams, folds: int = 1) -> str:
 
 
 def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParams, params: Params,
-            splits: Splits, model_sha256: str) -> str:
+            splits: Splits, model_sha256: str, data_sha256: str) -> str:
     """One MLflow run: params, the learning curve's per-epoch losses, the model with its signature,
     provenance tags; returns its id. `model_sha256` (of models/model.keras) is how evaluate finds
     the run: DVC's outputs hold no run ids, so a fresh clone's run reproduces dvc.lock."""
@@ -89,7 +88,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
                            "seed": params.train.seed, "folds": params.split.folds})
         mlflow.set_tags({
             "stage": "train", "git_commit": tracking.git_commit(), MODEL_SHA256_TAG: model_sha256,
-            "data_sha256": file_sha256(RAW_PATH), "task": splits.schema.task,
+            "data_sha256": data_sha256, "task": splits.schema.task,
             "features": ",".join(splits.schema.features),
             "data_rows": str(len(splits.train) + len(splits.val) + len(splits.test)),
         })
@@ -110,7 +109,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
     return run.info.run_id
 
 
-def find_run(experiment: str, model_path: Path = MODEL_PATH):
+def find_run(experiment: str, model_path: Path):
     """The newest train run in the active experiment that logged exactly this model file (its bytes are deterministic, so
     any run that did holds the same model); raises PipelineError when none did."""
     sha256 = file_sha256(model_path)
@@ -122,17 +121,17 @@ def find_run(experiment: str, model_path: Path = MODEL_PATH):
     return runs[0]
 
 
-def main(params: Params, hp: HyperParams | None = None) -> None:
-    ensure_writable(MODEL_PATH, LEARNING_CURVE_PATH)
-    splits = read_splits()
+def main(params: Params, ws: Workspace, hp: HyperParams | None = None) -> None:
+    ensure_writable(ws.model, ws.learning_curve)
+    splits = read_splits(ws.split_dir)
     hp = hp or params.train.hyperparams
     tracking.configure(params.tracking)
     model, histories = train(splits, hp, params)
     curve = learning_curve(histories)
-    with atomic_path(MODEL_PATH) as tmp:
+    with atomic_path(ws.model) as tmp:
         save_model(model, tmp)
-        run_id = log_run(model, histories, curve, hp, params, splits, file_sha256(tmp))
-    with atomic_path(LEARNING_CURVE_PATH) as tmp:
+        run_id = log_run(model, histories, curve, hp, params, splits, file_sha256(tmp), file_sha256(ws.raw))
+    with atomic_path(ws.learning_curve) as tmp:
         curve.to_csv(tmp, index=False)
     epochs = "/".join(str(h.epochs_run) for h in histories)
     best = "/".join(str(h.best_epoch) for h in histories)

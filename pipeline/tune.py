@@ -30,8 +30,9 @@ import optuna
 from pipeline import tracking
 from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
-from pipeline.data import RAW_PATH, Splits, development_folds, read_splits
+from pipeline.data import Splits, development_folds, read_splits
 from pipeline.errors import PipelineError
+from pipeline.paths import Workspace
 from pipeline.imports import closure, module_file
 from pipeline.sampling import ResumableTPESampler
 from pipeline.study_attrs import EPOCHS_RUN_ATTR, FOLD_LOSSES_ATTR, PRUNED_BECAUSE_ATTR, TARGET_ATTR
@@ -39,7 +40,6 @@ from pipeline.train import fit_fold
 from pipeline.trial_logging import MlflowTrialLogger, ProgressBar, parent_run_id
 from pipeline.trial_scheduling import LostTrials, finished_trials, join_study, open_storage, run_trials, storage_url
 
-BEST_PARAMS_PATH = Path("models/best_params.yaml")
 SMOOTHING_EPOCHS = 10
 REPORT_EVERY = 5  # epochs between pruning checks
 
@@ -67,11 +67,11 @@ def suggest(trial: optuna.Trial, space: SearchSpace, base: HyperParams) -> Hyper
     })
 
 
-def study_name(params: Params) -> str:
+def study_name(params: Params, ws: Workspace) -> str:
     """Same search settings, data and training code -> same study (resumed); anything else -> a new one."""
     fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials", "select"}),
                               "base": params.train.hyperparams.model_dump(), "split": params.split.model_dump(),
-                              "seed": params.train.seed, "data": file_sha256(RAW_PATH),
+                              "seed": params.train.seed, "data": file_sha256(ws.raw),
                               "code": [file_sha256(module_file(name)) for name in sorted(closure({__name__}))]},
                              sort_keys=True)
     return f"{params.tracking.experiment}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
@@ -132,12 +132,13 @@ def make_objective(splits: Splits, params: Params):
     return objective
 
 
-def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None, join: bool = False) -> optuna.Study:
+def open_study(params: Params, ws: Workspace, storage: optuna.storages.RDBStorage | None = None,
+               join: bool = False) -> optuna.Study:
     """Create or resume the study. `join` (a worker): wait for the stage to create it, and sample with a seed
     of its own, so that concurrent workers don't propose the same hyperparameters."""
     cfg = params.tune
     storage = storage or open_storage(params)
-    kwargs = {"study_name": study_name(params), "storage": storage,
+    kwargs = {"study_name": study_name(params, ws), "storage": storage,
               "sampler": optuna.samplers.TPESampler() if join else ResumableTPESampler(seed=cfg.seed),
               "pruner": optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.n_startup_trials,
                                                     n_warmup_steps=cfg.pruner.n_warmup_steps)}
@@ -148,14 +149,14 @@ def open_study(params: Params, storage: optuna.storages.RDBStorage | None = None
     return study
 
 
-def tune(splits: Splits, params: Params, worker: bool = False) -> HyperParams | None:
+def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) -> HyperParams | None:
     """Run the study up to `n_trials` finished trials (with any workers that joined) and return the best trial's
     hyperparameters; a worker only runs trials and returns None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment_id = tracking.configure(params.tracking)
     on_lost = LostTrials()
     storage = open_storage(params, on_lost)
-    study = open_study(params, storage, join=worker)
+    study = open_study(params, ws, storage, join=worker)
     parent = parent_run_id(study, params)
     on_lost.log = logger = MlflowTrialLogger(parent, experiment_id, storage_url(params))
     target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
@@ -219,27 +220,27 @@ def choose_trial(study: optuna.Study, lowest: optuna.trial.FrozenTrial,
     return max(within, key=regularisation), threshold
 
 
-def write_best_params(hp: HyperParams, path: Path = BEST_PARAMS_PATH) -> None:
+def write_best_params(hp: HyperParams, path: Path) -> None:
     import yaml
 
     write_text(path, "# written by the tune stage; train reads it\n" + yaml.safe_dump(hp.model_dump(), sort_keys=True))
 
 
-def read_best_params(path: Path = BEST_PARAMS_PATH) -> HyperParams:
+def read_best_params(path: Path) -> HyperParams:
     import yaml
 
     return HyperParams.model_validate(yaml.safe_load(path.read_text()))
 
 
-def main(params: Params, worker: bool = False) -> None:
+def main(params: Params, ws: Workspace, worker: bool = False) -> None:
     if worker:  # joins the stage's study; writes no outputs
-        tune(read_splits(), params, worker=True)
+        tune(read_splits(ws.split_dir), params, ws, worker=True)
         return
-    ensure_writable(BEST_PARAMS_PATH)
+    ensure_writable(ws.best_params)
     if params.tune.n_trials == 0:
-        write_best_params(params.train.hyperparams)
+        write_best_params(params.train.hyperparams, ws.best_params)
         print("tune: n_trials = 0, using train.hyperparams as they are")
         return
-    best = tune(read_splits(), params)
-    write_best_params(best)
+    best = tune(read_splits(ws.split_dir), params, ws)
+    write_best_params(best, ws.best_params)
     print(f"tune: best {best.model_dump()}")

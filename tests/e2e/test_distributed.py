@@ -116,14 +116,10 @@ def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subproce
 
 def project_study_name(root: Path) -> str:
     from pipeline.config import load_params
+    from pipeline.paths import Workspace
     from pipeline.tune import study_name
 
-    cwd = os.getcwd()
-    os.chdir(root)  # study_name hashes data/raw.parquet relative to the project
-    try:
-        return study_name(load_params(root / "params.yaml"))
-    finally:
-        os.chdir(cwd)
+    return study_name(load_params(root / "params.yaml"), Workspace(root))
 
 
 def wait_for(predicate, timeout: float, what: str, procs: dict[str, subprocess.Popen], logs: Path):

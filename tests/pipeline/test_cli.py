@@ -30,7 +30,7 @@ def test_project_errors_are_one_line(tmp_path: Path, capsys, monkeypatch) -> Non
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch) -> None:
     """A library's ValueError or OSError is a bug to look into, not a message to shorten."""
-    def broken(params, **_) -> None:
+    def broken(params, ws, **_) -> None:
         raise OSError("disk on fire")
 
     monkeypatch.setattr(cli, "_generate", broken)

@@ -9,10 +9,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
-from pipeline.data import RAW_PATH, load, split, write_frame
+from pipeline.data import load, split, write_frame
 from pipeline.errors import PipelineError
 from pipeline.trial_scheduling import storage_url
-from pipeline.tune import BEST_PARAMS_PATH, main as tune_main, open_study, read_best_params
+from pipeline.paths import Workspace
+from pipeline.tune import main as tune_main, open_study, read_best_params
+
+WS = Workspace()  # the tests run in their own directory (chdir): the stores are relative to it
 from tests.conftest import ROOT, TINY, merge
 
 pytestmark = pytest.mark.slow
@@ -32,19 +35,19 @@ def run_tune(directory, monkeypatch, params):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
     monkeypatch.delenv("TUNE_STORAGE", raising=False)
     frame, schema = load(params.data)
-    write_frame(frame, RAW_PATH)
+    write_frame(frame, WS.raw)
     from pipeline.data import write_splits
 
-    write_splits(split(frame, schema, params.split))
-    tune_main(params)
-    return read_best_params()
+    write_splits(split(frame, schema, params.split), WS.split_dir)
+    tune_main(params, WS)
+    return read_best_params(WS.best_params)
 
 
 def test_study_trials_become_nested_mlflow_runs(tmp_path, monkeypatch):
     params = tiny_params()
     best = run_tune(tmp_path, monkeypatch, params)
 
-    study = open_study(params)
+    study = open_study(params, WS)
     assert storage_url(params) == "sqlite:///optuna.db" and (tmp_path / "optuna.db").exists()
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     assert len(trials) == 6
@@ -66,15 +69,15 @@ def test_study_trials_become_nested_mlflow_runs(tmp_path, monkeypatch):
     assert parent.data.metrics["pruned_trials"] == len(pruned)
 
     assert best.model_dump() == {**params.train.hyperparams.model_dump(), **study.best_params}
-    assert yaml.safe_load(BEST_PARAMS_PATH.read_text())["learning_rate"] == study.best_params["learning_rate"]
+    assert yaml.safe_load(WS.best_params.read_text())["learning_rate"] == study.best_params["learning_rate"]
 
 
 def test_resumed_study_does_not_redo_trials_and_same_seed_same_best(tmp_path, monkeypatch):
     params = tiny_params({"tune": {"n_trials": 3}})
     first = run_tune(tmp_path / "a", monkeypatch, params)
     more = tiny_params({"tune": {"n_trials": 5}})
-    tune_main(more)  # same study (same settings and data): only two more trials
-    study = open_study(more)
+    tune_main(more, WS)  # same study (same settings and data): only two more trials
+    study = open_study(more, WS)
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     client = MlflowClient(f"sqlite:///{tmp_path / 'a'}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("keras-mlp").experiment_id])
@@ -100,8 +103,8 @@ def test_diverging_trials_are_pruned_and_a_search_with_no_survivor_fails_clearly
         "optimizer": ["sgd"], "learning_rate": {"low": 8.0, "high": 10.0}, "dropout": {"low": 0.0, "high": 0.0}}}})
     with pytest.raises(PipelineError, match=r"none of the 2 trials completed .*tune.space.learning_rate"):
         run_tune(tmp_path, monkeypatch, params)
-    assert not BEST_PARAMS_PATH.exists()
-    trials = open_study(params).get_trials()
+    assert not WS.best_params.exists()
+    trials = open_study(params, WS).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert all(t.user_attrs["epochs_run"] < params.tune.epochs for t in trials)
     runs = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
@@ -136,7 +139,7 @@ def test_a_finished_trial_whose_run_was_never_logged_gets_it_on_the_next_run(tmp
     lost = next(r for r in client.search_runs([experiment_id], "tags.trial_number = '1'"))
     client.delete_run(lost.info.run_id)
     assert trial_numbers() == [0, 2]
-    tune_main(params)  # the study is complete: no new trial, only the missing run
+    tune_main(params, WS)  # the study is complete: no new trial, only the missing run
     assert trial_numbers() == [0, 1, 2]
     assert len(client.search_runs([experiment_id], "tags.trial_number = '1'")) == 1
 
@@ -149,7 +152,7 @@ def test_a_trial_logged_twice_still_has_one_run(tmp_path, monkeypatch):
 
     params = tiny_params({"tune": {"n_trials": 2}})
     run_tune(tmp_path, monkeypatch, params)
-    study = open_study(params)
+    study = open_study(params, WS)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
     logger = MlflowTrialLogger(study.user_attrs[PARENT_RUN_ATTR], experiment_id, storage_url(params))
@@ -200,7 +203,7 @@ def test_one_se_search_hands_train_the_chosen_trial_and_switching_rules_reuses_t
     wide_l2 = {"split": {"folds": 2}, "tune": {"n_trials": 5, "space": {"l2": {"low": 1e-5, "high": 0.1, "log": True}}}}
     lowest = run_tune(tmp_path, monkeypatch, tiny_params(wide_l2))
     params = tiny_params(merge(wide_l2, {"tune": {"select": "one_se"}}))
-    study = open_study(params)
+    study = open_study(params, WS)
     assert len(study.trials) == 5, "the rule does not change the trials, so switching it resumes the same study"
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     for trial in complete:
@@ -214,9 +217,9 @@ def test_one_se_search_hands_train_the_chosen_trial_and_switching_rules_reuses_t
     study.add_trial(optuna.trial.create_trial(params=stronger, distributions=best.distributions, value=best.value,
                                               user_attrs={FOLD_LOSSES_ATTR: best.user_attrs[FOLD_LOSSES_ATTR]}))
     capsys.readouterr()
-    tune_main(params)
-    assert len(open_study(params).trials) == 6, "the study was complete: no new trial"
-    assert read_best_params().model_dump() == {**params.train.hyperparams.model_dump(), **stronger}
+    tune_main(params, WS)
+    assert len(open_study(params, WS).trials) == 6, "the study was complete: no new trial"
+    assert read_best_params(WS.best_params).model_dump() == {**params.train.hyperparams.model_dump(), **stronger}
     assert f"tune: trial 5 (L2 {stronger['l2']:.3g}, validation loss {best.value:.4g}) is the most regularised" \
         in capsys.readouterr().out
 
