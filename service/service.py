@@ -438,7 +438,7 @@ bentoml_instruments.RunnerTrafficMetricsMiddleware = KnownPathMetrics
 MLPService.add_asgi_middleware(
     HttpGate,
     api_paths=("/predict",),
-    static_json={"/metadata": json.dumps(CARD.model_dump(mode="json")).encode()},
+    static_json={"/metadata": json.dumps(CARD.model_dump(mode="json", exclude_unset=True)).encode()},
     api_token=SETTINGS.api_token,
     max_body_bytes=SETTINGS.max_body_bytes,
     max_concurrency=SETTINGS.max_concurrency,

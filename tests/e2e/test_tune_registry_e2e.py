@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-SEARCH = {"tune": {"n_trials": 4, "epochs": 60, "patience": 10, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}}}
+SEARCH = {"tune": {"n_trials": 3, "epochs": 60, "patience": 10, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}}}
 
 
 def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvement(project):
@@ -23,7 +23,7 @@ def test_n_trials_change_reruns_only_downstream_and_champion_moves_on_improvemen
     assert registry["version"] == "1" and registry["promoted"]
 
     best_before = (root / "models/best_params.yaml").read_text()
-    project.set_params({"tune": {"n_trials": 8}})
+    project.set_params({"tune": {"n_trials": 5}})
     out = project.run("dvc", "repro").stdout
     assert "Stage 'generate' didn't change" in out and "Stage 'split' didn't change" in out
     assert "Running stage 'tune'" in out

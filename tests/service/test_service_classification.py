@@ -34,7 +34,8 @@ def test_binary(start_server, binary_dir):
         assert body["labels"] == ["yes", "no", "yes", "no"]  # P(yes) >= 0.5 -> "yes"; sigmoid(0) = 0.5
         assert body["class_labels"] == ["no", "yes"]
         assert body["extrapolated"] == [False, False, False, True]
-        assert set(body) == {"labels", "probabilities", "class_labels", "extrapolated"}
+        assert set(body) == {"labels", "probabilities", "class_labels", "extrapolated", "imputed"}
+        assert body["imputed"] is None  # a model trained without imputation
 
         # No interval for classifiers, so no coverage either.
         answer = client.post("/predict", json={"x": ROWS, "coverage": 0.9})
