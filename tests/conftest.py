@@ -20,7 +20,7 @@ PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", "
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
     "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
-    "train": {"epochs": 30, "patience": 5},
+    "train": {"epochs": 30, "patience": 5, "min_epochs": 0},
     "evaluate": {"noise_floor_points": 500},
 }
 
