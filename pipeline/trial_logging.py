@@ -8,7 +8,9 @@ lost, or fills the gap a killed process left.
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 
 import mlflow
 import optuna
@@ -99,15 +101,29 @@ class MlflowTrialLogger:
 
 
 class ProgressBar:
-    """Trials done, best value so far, elapsed time; silent without a terminal (CI, dvc logs)."""
+    """Trials done, best value so far, elapsed time: a redrawn bar on a terminal; elsewhere (CI, `dvc repro > log`)
+    a plain line at every tenth of the search, as a redrawn bar there would print nothing until the end."""
 
-    def __init__(self, total: int, done: int):
-        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", disable=not sys.stderr.isatty())
+    def __init__(self, total: int, done: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.started = total, time.monotonic()
+        self.interactive = self.stream.isatty()
+        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", file=self.stream,
+                        disable=not self.interactive)
+        self.step = max(1, math.ceil(total / 10))
+        self.next_line = (done // self.step + 1) * self.step
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.bar.update(finished_trials(study) - self.bar.n)  # other workers' trials count too
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            self.bar.set_postfix(best=f"{study.best_value:.5f}")
+        done = finished_trials(study)  # other workers' trials count too
+        self.bar.update(done - self.bar.n)
+        best = study.best_value if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) else None
+        if best is not None:
+            self.bar.set_postfix(best=f"{best:.5f}")
+        if not self.interactive and (done >= self.next_line or done == self.total):
+            self.next_line = (done // self.step + 1) * self.step
+            lowest = f", lowest validation loss {best:.5g}" if best is not None else ""
+            print(f"tune: {done}/{self.total} trials finished{lowest}, {time.monotonic() - self.started:.0f} s",
+                  file=self.stream, flush=True)
 
     def close(self) -> None:
         self.bar.close()
