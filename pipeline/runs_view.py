@@ -12,7 +12,7 @@ import json
 
 VIEW_KEY = "runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-KEY_PARAMS = ["units_1", "units_2", "activation", "learning_rate"]
+KEY_PARAMS = ["activation", "learning_rate"]  # few: the champion and chosen tags come after the parameters
 TEST_METRICS = {"regression": ["test_rmse", "test_r2"], "binary": ["test_log_loss", "test_accuracy"],
                 "multiclass": ["test_log_loss", "test_accuracy"]}
 TAGS = ["champion", "chosen"]  # pipeline/registry.py CHAMPION, pipeline/trial_logging.py CHOSEN_TAG

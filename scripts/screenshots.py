@@ -27,7 +27,7 @@ UI_SCRIPT = ROOT / "scripts" / "mlflow-ui.sh"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1700, "height": 950}
+VIEWPORT = {"width": 1800, "height": 950}
 READY_TIMEOUT_S = 180  # a loaded 2-core machine needs ~5-30 s to import MLflow and open the store
 UI_TIMEOUT_MS = 90_000  # first render of a page: the JS bundle is large and the machine is busy
 
@@ -85,27 +85,30 @@ def open_runs(page, url: str) -> None:
 
 def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
-    return f"{base}/#/compare-runs?{query}&workflowType=machine_learning"
+    return f"{base}/#/compare-runs?{query}"
 
 
-def show_all_params(page) -> None:
-    """The compare plot starts with three parameters and the alphabetically first metric; show every parameter
-    against validation loss."""
+def show_all_params(page, params: list[str]) -> None:
+    """The compare plot starts with three parameters and the alphabetically first metric; show `params` against
+    validation loss. The selects are type-ahead multi-selects: typing a name and Enter adds it, Backspace drops
+    the last."""
     selects = page.locator(".du-bois-light-select")
     selects.first.click()
-    options = page.locator(".du-bois-light-select-item-option")
-    options.first.wait_for()
-    for option in options.all():
-        if "selected" not in (option.get_attribute("class") or ""):
-            option.click()
+    shown = selects.first.inner_text()
+    for name in params:
+        if name not in shown:
+            page.keyboard.type(name)
+            page.keyboard.press("Enter")
     page.keyboard.press("Escape")
     selects.nth(1).click()
-    for option in page.locator(".du-bois-light-select-item-option").all():
-        selected = "selected" in (option.get_attribute("class") or "")
-        if selected != (option.inner_text().strip() == "val_loss"):
-            option.click()
+    page.keyboard.press("Backspace")
+    page.keyboard.type("val_loss")
+    page.keyboard.press("Enter")
     page.keyboard.press("Escape")
     page.get_by_text("Comparing", exact=False).first.click()  # blur the select: no focus ring in the picture
+
+
+SEARCHED = ["learning_rate", "batch_size", "units_1", "units_2", "optimizer", "activation", "l2"]  # tune.space
 
 
 def finished_trials(store: Path) -> tuple[str, list[str]]:
@@ -141,7 +144,7 @@ def main() -> int:
             base = url.split("/#/")[0]
             page.goto(compare_url(base, trials, [experiment]))
             page.get_by_text(f"Comparing {len(trials)} Runs").first.wait_for()
-            show_all_params(page)
+            show_all_params(page, SEARCHED)
             page.wait_for_timeout(1500)  # let plotly finish its redraw
             page.screenshot(path=docs / "mlflow-compare.png")
         finally:
