@@ -12,7 +12,13 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup system-deps run test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
+.PHONY: help setup system-deps run experiments test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
+
+.DEFAULT_GOAL := help
+
+## help: this list (each target's `## target: description` comment)
+help:
+	@sed -n 's/^## \([^:]*\): \(.*\)/\1\t\2/p' $(MAKEFILE_LIST) | awk -F'\t' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 ## setup: create .venv from the lock file (uv, bytecode compiled)
 setup: $(VENV)/.synced
@@ -32,6 +38,13 @@ system-deps:
 ## run: the whole pipeline (generate -> split -> tune -> train -> evaluate -> package)
 run: setup
 	dvc repro
+
+## experiments: `dvc exp show` narrowed to what tells runs apart: the model's test metrics, the tuned settings, changed params
+# Columns: the protected (--keep) ones always; of the rest only params and metrics that differ between the rows, without
+# file hashes (paths), baselines and the secondary interval figures, which would push the model's metrics off-screen.
+experiments: setup
+	@dvc exp show --no-pager --only-changed --drop '.*/|baseline_|model\.(mae|interval_)|versions\.served' \
+		--keep '^(model\.(rmse|r2|noise_floor_ratio|accuracy|log_loss|f1)|units_1|units_2|activation|learning_rate)$$' $(EXP_ARGS)
 
 ## test: the full test suite (unit, end-to-end, service, browser, container); installs what it drives
 # One worker per core; a file's tests stay on one worker, so a module's server or image is built once.
@@ -83,5 +96,6 @@ infra-down:
 service/requirements.txt: uv.lock | $(UV)
 	$(UV) export --only-group serve --no-emit-project --format requirements-txt --quiet -o $@
 
+## clean: delete every pipeline output and the local MLflow, Optuna and DVC caches (`make run` rebuilds them)
 clean:
 	rm -rf data models plots metrics mlflow.db mlartifacts optuna.db bentoml .dvc/tmp .dvc/cache

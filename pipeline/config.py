@@ -126,6 +126,14 @@ class TrainConfig(_Strict):
     min_epochs: int = Field(ge=0, description="early stopping never stops before this epoch; epochs still caps the run")
     seed: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _epochs_reach_min_epochs(self) -> TrainConfig:
+        # Otherwise `-S train.epochs=50` silently trains 50 epochs while min_epochs promises early stopping from 100.
+        if self.epochs < self.min_epochs:
+            raise ValueError(f"train.epochs ({self.epochs}) must be at least train.min_epochs ({self.min_epochs});"
+                             f" lower train.min_epochs too to train for fewer epochs")
+        return self
+
 
 class FloatRange(_Strict):
     low: float

@@ -27,7 +27,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV  
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from pipeline import tracking  # noqa: E402
+from pipeline import runs_view, tracking  # noqa: E402
 from pipeline.artifacts import atomic_path, ensure_writable, write_json  # noqa: E402
 from pipeline.config import HyperParams, Params  # noqa: E402
 from pipeline.data import (  # noqa: E402
@@ -368,6 +368,7 @@ def main(params: Params, ws: Workspace) -> None:
                 prefix = "test_" if name == "model" else f"{name}_"
                 mlflow.log_metrics({f"{prefix}{k}": v for k, v in values.items() if v is not None})
         mlflow.log_artifacts(str(ws.plots), artifact_path="plots")
+        tracking.log_data_inputs(params.data, schema.target, {"testing": splits.test})
 
     development_ids = np.concatenate([splits.train.index.to_numpy(), splits.val.index.to_numpy()])
     test_ids = splits.test.index.to_numpy()
@@ -389,6 +390,11 @@ def main(params: Params, ws: Workspace) -> None:
         name, train_run.data.tags[MODEL_URI_TAG], run_id, primary, metrics["model"][primary], fair, rescore,
         {**compatibility, SPLIT_FINGERPRINT_TAG: fingerprint, "data_sha256": card["data_hash"] or ""},
     )
+    # The runs list shows names first: the version and the data tell apart runs with the same settings.
+    rows = len(splits.train) + len(splits.val) + len(splits.test)
+    MlflowClient().set_tag(run_id, "mlflow.runName", f"{train_run.info.run_name.split(' · ')[0]} · "
+                                                     f"{tracking.data_name(params.data)}, {rows} rows · v{registry['version']}")
+    runs_view.publish(train_run.info.experiment_id, schema.task)
     metrics["versions"] = {"candidate": registry["version"], "served": registry["champion_version"]}
     if not registry["promoted"]:
         champion = MlflowClient().get_model_version(name, registry["champion_version"])

@@ -117,7 +117,18 @@ def register_and_promote(name: str, model_uri: str, run_id: str, metric: str, va
     client.set_model_version_tag(name, version, "promotion", outcome_line(result))
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
+        move_champion_tag(run_id)
     return result
+
+
+def move_champion_tag(run_id: str) -> None:
+    """The `champion=true` run tag follows the alias, so the runs list shows the champion without the registry page."""
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for run in client.search_runs([experiment_id], filter_string=f"tags.{CHAMPION} = 'true'"):
+        if run.info.run_id != run_id:
+            client.delete_tag(run.info.run_id, CHAMPION)
+    client.set_tag(run_id, CHAMPION, "true")
 
 
 def outcome_line(result: dict) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import urllib.parse
+import warnings
 from pathlib import Path
 
-from pipeline.config import TrackingConfig
+from pipeline.config import DataConfig, TrackingConfig
 from pipeline.errors import PipelineError
 
 DEFAULT_DB = "mlflow.db"
@@ -71,3 +72,26 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def data_name(cfg: DataConfig) -> str:
+    """What the data is, in a few words: the synthetic generator, the file's name or the scikit-learn set."""
+    if cfg.source == "file":
+        return Path(cfg.file.path).name
+    if cfg.source == "sklearn":
+        return cfg.sklearn.name
+    return f"synthetic {cfg.synthetic}"
+
+
+def log_data_inputs(cfg: DataConfig, target: str, frames: dict[str, object]) -> None:
+    """Each split as an MLflow dataset input of the active run (name, digest, source, rows: the runs list's Dataset
+    column), `frames` mapping MLflow's context (training, validation, testing) to the split's DataFrame."""
+    import mlflow
+
+    source = str(Path(cfg.file.path if cfg.source == "file" else "data/raw.parquet").resolve())
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path "can be interpreted" as either.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        datasets = [mlflow.data.from_pandas(frame, source=source, targets=target, name=f"{data_name(cfg)} {context}")
+                    for context, frame in frames.items()]
+    mlflow.log_inputs(datasets=datasets, contexts=list(frames), tags_list=[None] * len(frames))

@@ -99,6 +99,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
         for start in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
             mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
         mlflow.log_metrics({"best_epoch": float(np.mean(best_epochs)), "epochs_run": len(curve)})
+        tracking.log_data_inputs(params.data, splits.schema.target, {"training": splits.train, "validation": splits.val})
         if len(histories) > 1:
             mlflow.log_metrics({f"best_epoch_{index}": epoch for index, epoch in enumerate(best_epochs, 1)})
         info = mlflow.tensorflow.log_model(

@@ -8,16 +8,31 @@ lost, or fills the gap a killed process left.
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 
 import mlflow
 import optuna
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.optuna_private import retried_trial_number
 from pipeline.study_attrs import EPOCHS_RUN_ATTR, FOLD_LOSSES_ATTR, PARENT_RUN_ATTR, PRUNED_BECAUSE_ATTR, WORKER_ATTR
 from pipeline.trial_scheduling import FINISHED, finished_trials, storage_lock, storage_url
+
+CHOSEN_TAG = "chosen"  # on the trial run whose hyperparameters train gets
+
+
+def trial_run_name(number: int, state: str) -> str:
+    return f"trial {number:03d} ({state})"
+
+
+def _millis(moment) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
 
 
 def parent_run_id(study: optuna.Study, params: Params) -> str:
@@ -63,26 +78,48 @@ class MlflowTrialLogger:
                 self._log(study, trial)
 
     def _log(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """The trial's run, dated with the trial's own start and end: it is logged once the trial is over, so
+        MLflow's clock would give every trial the few milliseconds the logging took."""
         state = trial.state.name.lower()
-        with mlflow.start_run(run_name=f"trial {trial.number:03d} ({state})", nested=True,
-                              parent_run_id=self.parent_run_id, experiment_id=self.experiment_id):
-            mlflow.log_params(trial.params)
-            mlflow.set_tags({"stage": "tune", "trial_number": str(trial.number), "trial_state": state,
-                             "optuna_study": study.study_name, "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")})
-            if PRUNED_BECAUSE_ATTR in trial.user_attrs:
-                mlflow.set_tag(PRUNED_BECAUSE_ATTR, trial.user_attrs[PRUNED_BECAUSE_ATTR])
-            retried = retried_trial_number(trial)
-            if retried is not None:
-                mlflow.set_tag("retry_of_trial", str(retried))
-            values = trial.intermediate_values
-            if trial.value is not None:
-                mlflow.log_metric("val_loss", trial.value)
-            elif values:
-                mlflow.log_metric("val_loss", min(values.values()))
-            mlflow.log_metric("epochs_run", trial.user_attrs.get(EPOCHS_RUN_ATTR, len(values)))
-            fold_losses = trial.user_attrs.get(FOLD_LOSSES_ATTR, [])
-            if len(fold_losses) > 1:
-                mlflow.log_metrics({f"val_loss_fold_{i}": loss for i, loss in enumerate(fold_losses, start=1)})
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, "stage": "tune", "trial_number": str(trial.number),
+                "trial_state": state, "optuna_study": study.study_name,
+                "worker": trial.user_attrs.get(WORKER_ATTR, "unknown")}
+        if PRUNED_BECAUSE_ATTR in trial.user_attrs:
+            tags[PRUNED_BECAUSE_ATTR] = trial.user_attrs[PRUNED_BECAUSE_ATTR]
+        retried = retried_trial_number(trial)
+        if retried is not None:
+            tags["retry_of_trial"] = str(retried)
+        metrics = {"epochs_run": trial.user_attrs.get(EPOCHS_RUN_ATTR, len(trial.intermediate_values))}
+        if trial.value is not None:
+            metrics["val_loss"] = trial.value
+        elif trial.intermediate_values:
+            metrics["val_loss"] = min(trial.intermediate_values.values())
+        fold_losses = trial.user_attrs.get(FOLD_LOSSES_ATTR, [])
+        if len(fold_losses) > 1:
+            metrics |= {f"val_loss_fold_{i}": loss for i, loss in enumerate(fold_losses, start=1)}
+        started, ended = _millis(trial.datetime_start), _millis(trial.datetime_complete)
+        client = MlflowClient()
+        run = client.create_run(self.experiment_id, start_time=started, tags=tags,
+                                run_name=trial_run_name(trial.number, state))
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.params.items()],
+                         metrics=[Metric(k, float(v), ended or started, 0) for k, v in metrics.items()])
+        status = "FAILED" if trial.state == optuna.trial.TrialState.FAIL else "FINISHED"
+        client.set_terminated(run.info.run_id, status=status, end_time=ended)
+
+    def mark_chosen(self, chosen: optuna.trial.FrozenTrial, reason: str) -> None:
+        """Tag the trial train gets (`chosen=true`, its run name says so) and untag any earlier pick: a resumed
+        study with more trials can choose another."""
+        client = MlflowClient()
+        query = f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+        for run in mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list", filter_string=query):
+            number = run.data.tags.get("trial_number")
+            was_chosen = run.data.tags.get(CHOSEN_TAG) == "true"
+            if number == str(chosen.number):
+                client.set_tag(run.info.run_id, CHOSEN_TAG, "true")
+                client.set_tag(run.info.run_id, "mlflow.runName", trial_run_name(chosen.number, f"chosen: {reason}"))
+            elif was_chosen:
+                client.delete_tag(run.info.run_id, CHOSEN_TAG)
+                client.set_tag(run.info.run_id, "mlflow.runName", trial_run_name(int(number), run.data.tags["trial_state"]))
 
     def log_missing(self, study: optuna.Study) -> int:
         """Log the finished trials that have no run yet; returns how many.
@@ -99,15 +136,29 @@ class MlflowTrialLogger:
 
 
 class ProgressBar:
-    """Trials done, best value so far, elapsed time; silent without a terminal (CI, dvc logs)."""
+    """Trials done, best value so far, elapsed time: a redrawn bar on a terminal; elsewhere (CI, `dvc repro > log`)
+    a plain line at every tenth of the search, as a redrawn bar there would print nothing until the end."""
 
-    def __init__(self, total: int, done: int):
-        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", disable=not sys.stderr.isatty())
+    def __init__(self, total: int, done: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.started = total, time.monotonic()
+        self.interactive = self.stream.isatty()
+        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", file=self.stream,
+                        disable=not self.interactive)
+        self.step = max(1, math.ceil(total / 10))
+        self.next_line = (done // self.step + 1) * self.step
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.bar.update(finished_trials(study) - self.bar.n)  # other workers' trials count too
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            self.bar.set_postfix(best=f"{study.best_value:.5f}")
+        done = finished_trials(study)  # other workers' trials count too
+        self.bar.update(done - self.bar.n)
+        best = study.best_value if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) else None
+        if best is not None:
+            self.bar.set_postfix(best=f"{best:.5f}")
+        if not self.interactive and (done >= self.next_line or done == self.total):
+            self.next_line = (done // self.step + 1) * self.step
+            lowest = f", lowest validation loss {best:.5g}" if best is not None else ""
+            print(f"tune: {done}/{self.total} trials finished{lowest}, {time.monotonic() - self.started:.0f} s",
+                  file=self.stream, flush=True)
 
     def close(self) -> None:
         self.bar.close()

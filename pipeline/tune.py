@@ -181,11 +181,14 @@ def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) ->
         print(f"tune: trial {chosen.number} (L2 {hp.l2:.3g}, validation loss {chosen.value:.4g}) is the most"
               f" regularised within one standard error of the lowest, trial {lowest.number} (L2"
               f" {trial_hyperparams(lowest, params).l2:.3g}, {lowest.value:.4g}; threshold {threshold:.4g})")
+    logger.mark_chosen(chosen, "lowest validation loss" if chosen.number == lowest.number else "one_se")
     with mlflow.start_run(run_id=parent):
+        mlflow.set_tag("mlflow.runName", f"tune {study.study_name}: {finished_trials(study)} trials, chosen trial"
+                                         f" {chosen.number:03d} (val_loss {chosen.value:.4g})")
         # Tags, not params: a resumed study with more trials can change its pick, and MLflow params are write-once.
         # best_* is the trial train gets (tune.select); lowest_* the one with the lowest loss.
         mlflow.set_tags({"select": params.tune.select} | {f"best_{k}": v for k, v in chosen.params.items()})
-        mlflow.log_metrics({"best_val_loss": chosen.value, "best_trial": chosen.number,
+        mlflow.log_metrics({"val_loss": chosen.value, "best_val_loss": chosen.value, "best_trial": chosen.number,
                             "lowest_val_loss": lowest.value, "lowest_trial": lowest.number,
                             "pruned_trials": len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))})
     return hp

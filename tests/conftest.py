@@ -16,13 +16,13 @@ from filelock import FileLock
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
-                 "Dockerfile", ".dockerignore",
+                 "Dockerfile", ".dockerignore", ".dvc/plots.html",
                  "pyproject.toml"]
 
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
     "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
-    "train": {"epochs": 30, "patience": 5, "min_epochs": 30},  # every epoch runs, as before min_epochs <= epochs was enforced
+    "train": {"epochs": 30, "patience": 5, "min_epochs": 30},  # every epoch runs (early stopping left flat models)
     "evaluate": {"noise_floor_points": 500},
 }
 

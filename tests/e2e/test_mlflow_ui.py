@@ -1,15 +1,19 @@
 """The MLflow UI for real: `dvc repro` in a throw-away project, scripts/mlflow-ui.sh, headless Chromium.
 
-Checks what a reader of the README is told to look at: the search's parent run on the experiment
-page, the trials' validation loss charted in the compare view, the `champion` alias in the registry.
+Checks what a new user sees on opening the URL `make ui` prints, in a fresh browser profile: the runs in the
+classic view with the task's metric, validation loss and the key settings as columns, no Assistant panel or
+telemetry banner, the champion and the chosen trial identifiable, trials lasting what their fits lasted; then
+the trials' validation loss charted in the compare view and the `champion` alias in the registry.
+scripts/screenshots.py takes the README's pictures from the same pages.
 
-Needs Debian's chromium, which `make test` installs (`make system-deps`); without it the test fails. `UPDATE_DOCS_SCREENSHOT=1` also rewrites docs/mlflow-compare.png.
+Needs Debian's chromium, which `make test` installs (`make system-deps`); without it the test fails.
 
-MLflow 3 UI quirks handled here:
+MLflow 3 UI behaviour the project relies on (scripts/mlflow-ui.sh, pipeline/runs_view.py):
 - an experiment opens in the GenAI workflow (traces overview) unless `workflowType=machine_learning`
-  is in the URL or remembered in localStorage (`mlflow.workflowType_v1`);
-- on localhost the "MLflow Assistant" panel opens on first load and covers a third of the page;
-  localStorage `mlflow.assistant.fab.autoOpenedOnFirstLoad_v1` marks it as already shown;
+  is in the URL;
+- the "MLflow Assistant" panel opens on first load when the page's host is localhost or 127.0.0.1, and not
+  on mlflow.localhost (Chromium resolves *.localhost to the loopback address);
+- `viewStateShareKey=<key>` opens the view kept in the experiment tag `mlflow.sharedViewState.<key>`;
 - the compare view is `#/compare-runs?runs=[<JSON ids>]&experiments=[<JSON ids>]`, and its
   parallel-coordinates plot starts with the first three parameters only.
 """
@@ -17,15 +21,13 @@ MLflow 3 UI quirks handled here:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,40 +36,32 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from scripts.screenshots import (
+    CHROMIUM_ARGS,
+    READY_TIMEOUT_S,
+    UI_TIMEOUT_MS,
+    VIEWPORT,
+    compare_url,
+    free_port,
+    open_runs,
+    show_all_params,
+    SEARCHED,
+)
 from tests.conftest import ROOT, tool_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UI_SCRIPT = ROOT / "scripts" / "mlflow-ui.sh"
-DOCS_SCREENSHOT = ROOT / "docs" / "mlflow-compare.png"
-VIEWPORT = {"width": 1400, "height": 900}
-READY_TIMEOUT_S = 180  # a loaded 2-core machine needs ~5-30 s to import MLflow and open the store
-UI_TIMEOUT_MS = 90_000  # first render of a page: the JS bundle is large and the machine is busy
 TINY_SEARCH = {"tune": {"n_trials": 6, "epochs": 40, "patience": 5,
                         "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
                "train": {"epochs": 30, "patience": 5}}
-# Seeded before any page script runs: classic (not GenAI) experiment pages, no Assistant panel.
-BROWSER_STORAGE = """
-try {
-  localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
-  localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
-} catch (e) {}
-"""
 
 
 def require_chromium() -> None:
     if CHROMIUM.exists():
         return
     pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (`make test` does)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -90,7 +84,7 @@ def is_ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def mlflow_ui(cwd: Path, log_path: Path) -> Iterator[str]:
-    """scripts/mlflow-ui.sh in `cwd` on a free port; yields its URL; kills its whole process group."""
+    """scripts/mlflow-ui.sh in `cwd` on a free port; yields the URL it prints; kills its whole process group."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
@@ -106,8 +100,9 @@ def mlflow_ui(cwd: Path, log_path: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"MLflow UI not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
             time.sleep(0.5)
-        assert log_path.read_text().splitlines()[0] == f"MLflow UI: {url}"  # the URL comes first
-        yield url
+        first = log_path.read_text().splitlines()[0]  # the URL to open comes first
+        assert first.startswith(f"MLflow UI: http://mlflow.localhost:{port}/#/experiments/"), first
+        yield first.removeprefix("MLflow UI: ")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
@@ -125,25 +120,25 @@ def mlflow_ui(cwd: Path, log_path: Path) -> Iterator[str]:
             assert not is_ready(url), f"something still answers on {url}"
 
 
-def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
-    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
-    return f"{base}/#/compare-runs?{query}"
+DURATION = re.compile(r"([\d.]+)(ms|s|min|h)")
 
 
-def show_all_params(page) -> None:
-    """The compare plot starts with three parameters; add the rest (for the README picture)."""
-    page.locator(".du-bois-light-select").first.click()
-    options = page.locator(".du-bois-light-select-item-option")
-    options.first.wait_for()
-    for option in options.all():
-        if "selected" not in (option.get_attribute("class") or ""):
-            option.click()
-    page.keyboard.press("Escape")
-    page.get_by_text("Comparing", exact=False).first.click()  # blur the select: no focus ring in the picture
+def duration_s(text: str) -> float:
+    """The runs list's Duration cell ("200ms", "10.4s", "1.2min") in seconds."""
+    number, unit = DURATION.fullmatch(text).groups()
+    return float(number) * {"ms": 0.001, "s": 1, "min": 60, "h": 3600}[unit]
+
+
+def row_cells(page, name: str) -> list[str]:
+    """The texts of every cell in the runs list's row whose run name contains `name`: the grid draws the name
+    (pinned) and the other columns in separate row elements that share a row-index."""
+    index = page.get_by_role("row").filter(has_text=name).first.get_attribute("row-index")
+    cells = page.locator(f'[role="row"][row-index="{index}"] [role="gridcell"]').all_inner_texts()
+    return [cell.strip() for cell in cells]
 
 
 @pytest.mark.timeout(1200)
-def test_mlflow_ui_shows_search_trials_and_champion(project, tmp_path):
+def test_mlflow_ui_shows_metrics_champion_and_trials(project, tmp_path):
     require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
@@ -159,39 +154,49 @@ def test_mlflow_ui_shows_search_trials_and_champion(project, tmp_path):
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 6 and all("val_loss" in t.data.metrics for t in trials)
     champion = client.get_model_version_by_alias("keras-mlp", "champion")
+    champion_run = client.get_run(champion.run_id)
+    assert champion_run.info.run_name.endswith(f" · v{champion.version}")
+    assert {d.dataset.name for d in champion_run.inputs.dataset_inputs} == {
+        "synthetic line training", "synthetic line validation", "synthetic line testing"}
 
     with mlflow_ui(project.path, tmp_path / "mlflow-ui.log") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport=VIEWPORT)
+            context = browser.new_context(viewport=VIEWPORT)  # a fresh profile: nothing remembered
             context.set_default_timeout(UI_TIMEOUT_MS)
             context.set_default_navigation_timeout(UI_TIMEOUT_MS)
-            context.add_init_script(BROWSER_STORAGE)
             page = context.new_page()
             try:
-                # (a) the experiment's runs: the search's parent run is listed (its trials nest under it)
-                page.goto(f"{url}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
-                expect(page.get_by_text(parent.info.run_name).first).to_be_visible(timeout=UI_TIMEOUT_MS)
-                page.screenshot(path=tmp_path / "experiment.png")
+                # (a) the printed URL: the runs, with the columns that answer "which model, how good, from what"
+                open_runs(page, url)
+                headers = page.get_by_role("columnheader")
+                for column in ["test_rmse", "test_r2", "val_loss", "champion", "chosen", "learning_rate", "Dataset"]:
+                    expect(headers.filter(has_text=column).first).to_be_visible()
+                expect(page.locator("[data-assistant-ui]")).to_have_count(0)
+                expect(page.get_by_text("Information about UI telemetry")).to_have_count(0)
+                page.screenshot(path=tmp_path / "runs.png")
+                champion_cells = row_cells(page, champion_run.info.run_name[:12])
+                assert "true" in champion_cells and "synthetic line training" in " ".join(champion_cells)
+                assert "true" in row_cells(page, "(chosen: lowest validation loss)")
+                # the trials, not their parent, whose name says "chosen trial 005 (val_loss ...)"
+                trials_shown = page.get_by_role("row").filter(has_text=re.compile(r"(?<!chosen )trial 00\d \("))
+                expect(trials_shown).to_have_count(6)
+                durations = [duration_s(next(c for c in row_cells(page, name) if DURATION.fullmatch(c)))
+                             for name in (f"trial {int(t.data.tags['trial_number']):03d} (" for t in trials)]
+                assert min(durations) > 0.1, durations
 
                 # (b) the trials side by side: a plotly chart with a val_loss axis
-                page.goto(compare_url(url, [t.info.run_id for t in trials], [experiment.experiment_id]))
+                base = url.split("/#/")[0]
+                page.goto(compare_url(base, [t.info.run_id for t in trials], [experiment.experiment_id]))
                 expect(page.get_by_text(f"Comparing {len(trials)} Runs").first).to_be_visible(timeout=UI_TIMEOUT_MS)
                 plot = page.locator(".js-plotly-plot").first
                 expect(plot).to_be_visible(timeout=UI_TIMEOUT_MS)
-                expect(plot.locator("svg").first).to_be_visible()
+                show_all_params(page, SEARCHED)
                 expect(plot.locator("text", has_text="val_loss").first).to_be_visible(timeout=UI_TIMEOUT_MS)
-                expect(page.get_by_text("trial 000 (complete)").first).to_be_visible()
                 page.screenshot(path=tmp_path / "compare.png")
-                if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
-                    show_all_params(page)
-                    expect(plot.locator("text", has_text="learning_rate").first).to_be_visible()
-                    page.wait_for_timeout(1000)  # let plotly finish its redraw
-                    DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=DOCS_SCREENSHOT)
 
                 # (c) the registry: the model with its champion alias on the evaluated version
-                page.goto(f"{url}/#/models/keras-mlp")
+                page.goto(f"{base}/#/models/keras-mlp")
                 expect(page.get_by_text(f"Version {champion.version}", exact=True).first).to_be_visible(
                     timeout=UI_TIMEOUT_MS)
                 expect(page.get_by_text("champion").first).to_be_visible()

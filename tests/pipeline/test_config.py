@@ -37,6 +37,7 @@ def test_committed_params_are_valid_and_match_the_tutorial():
         ("data", "x_max", -2.0, ["data.x_min", "must be below data.x_max"]),
         ("tune", "select", "1se", ["tune.select", "'1se'", "'best' or 'one_se'"]),
         ("tune", "select", "one_se", ["tune.select: one_se", "needs split.folds >= 2 (got 1)"]),
+        ("train", "epochs", 50, ["train.epochs (50) must be at least train.min_epochs (100)"]),
     ],
 )
 def test_bad_value_names_the_key_and_what_is_allowed(section, key, value, expected):
