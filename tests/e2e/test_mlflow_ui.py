@@ -53,10 +53,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 UI_SCRIPT = ROOT / "scripts" / "mlflow-ui.sh"
-TINY_SEARCH = {"tune": {"n_trials": 6, "epochs": 40, "patience": 5,
-                        "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
-               "train": {"epochs": 30, "patience": 5}}
-
 
 def require_chromium() -> None:
     if CHROMIUM.exists():
@@ -138,13 +134,12 @@ def row_cells(page, name: str) -> list[str]:
 
 
 @pytest.mark.timeout(1200)
-def test_mlflow_ui_shows_metrics_champion_and_trials(project, tmp_path):
+def test_mlflow_ui_shows_metrics_champion_and_trials(built_project, tmp_path):
     require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
-    project.set_params(TINY_SEARCH)
-    project.run("dvc", "repro", timeout=900)
-
+    project = built_project  # the UI only reads its store
+    name = project.params()["tracking"]["registered_model"]
     client = MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("keras-mlp")
     runs = client.search_runs([experiment.experiment_id])
@@ -152,8 +147,8 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(project, tmp_path):
     assert len(parents) == 1, [r.info.run_name for r in runs]
     parent = parents[0]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(trials) == 6 and all("val_loss" in t.data.metrics for t in trials)
-    champion = client.get_model_version_by_alias("keras-mlp", "champion")
+    assert len(trials) == project.params()["tune"]["n_trials"] and all("val_loss" in t.data.metrics for t in trials)
+    champion = client.get_model_version_by_alias(name, "champion")
     champion_run = client.get_run(champion.run_id)
     assert champion_run.info.run_name.endswith(f" · v{champion.version}")
     assert {d.dataset.name for d in champion_run.inputs.dataset_inputs} == {
@@ -180,7 +175,7 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(project, tmp_path):
                 assert "true" in row_cells(page, "(chosen: lowest validation loss)")
                 # the trials, not their parent, whose name says "chosen trial 005 (val_loss ...)"
                 trials_shown = page.get_by_role("row").filter(has_text=re.compile(r"(?<!chosen )trial 00\d \("))
-                expect(trials_shown).to_have_count(6)
+                expect(trials_shown).to_have_count(len(trials))
                 durations = [duration_s(next(c for c in row_cells(page, name) if DURATION.fullmatch(c)))
                              for name in (f"trial {int(t.data.tags['trial_number']):03d} (" for t in trials)]
                 assert min(durations) > 0.1, durations
@@ -196,7 +191,7 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(project, tmp_path):
                 page.screenshot(path=tmp_path / "compare.png")
 
                 # (c) the registry: the model with its champion alias on the evaluated version
-                page.goto(f"{base}/#/models/keras-mlp")
+                page.goto(f"{base}/#/models/{name}")
                 expect(page.get_by_text(f"Version {champion.version}", exact=True).first).to_be_visible(
                     timeout=UI_TIMEOUT_MS)
                 expect(page.get_by_text("champion").first).to_be_visible()

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import runs_view
 from pipeline.registry import CHAMPION, move_champion_tag
 from pipeline.trial_logging import CHOSEN_TAG
+from pipeline.paths import Workspace
 from pipeline.tune import open_study
 from tests.pipeline.test_tune import run_tune, tiny_params
 
@@ -20,7 +21,7 @@ from tests.pipeline.test_tune import run_tune, tiny_params
 def test_trial_runs_carry_the_trials_own_times_and_the_chosen_one_is_marked(tmp_path, monkeypatch):
     params = tiny_params()
     run_tune(tmp_path, monkeypatch, params)
-    study = open_study(params)
+    study = open_study(params, Workspace())
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
