@@ -15,12 +15,12 @@ from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
 
-# Two cases with a bag of 3 networks (split.folds), one of them with the README's profile for tables;
+# Two cases with a bag of 2 networks (split.folds), one of them with the README's profile for tables;
 # one with one network. (The built project runs the default source, the tutorial's line.)
 CASES = {
     "file-regression": {"data": {"source": "file", "file": {"path": "examples/line.csv", "target": "y"}},
-                        "split": {"folds": 3}},
-    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 3},
+                        "split": {"folds": 2}},
+    "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 2},
                        "tune": {"select": "one_se", "space": {"l2": {"low": 1.0e-4, "high": 0.1}}}},
     "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1}},
 }
@@ -61,7 +61,7 @@ def test_repro_for_each_source_and_task(project, case):
         assert {"predictions.png", "residuals.png", "predictions.csv"} <= plots and card["interval"]
         development = sum(len(pd.read_parquet(root / f"data/split/{part}.parquet")) for part in ("train", "val"))
         assert card["interval"]["method"] == "cross-conformal"
-        assert card["interval"]["calibration"] == "out-of-fold (3 folds of train + val)"
+        assert card["interval"]["calibration"] == f"out-of-fold ({folds} folds of train + val)"
         assert len(card["interval"]["abs_residuals"]) == development  # every development row, held out once
     else:
         assert {"confusion_matrix.png", "roc_pr_curves.png", "confusion.csv"} <= plots and card["interval"] is None
