@@ -103,6 +103,22 @@ def multiclass_2d(directory: Path) -> Path:
     )
 
 
+def monitored_3d(directory: Path, training_rows: int = 2000) -> tuple[Path, np.ndarray]:
+    """y = a + 2b - c with a reference profile of standard-normal training inputs (pipeline/profile.py, as the
+    package stage writes it); returns the directory and the training rows."""
+    import pandas as pd
+
+    from pipeline.profile import reference_profile
+
+    rows = np.random.default_rng(0).normal(size=(training_rows, 3))
+    frame = pd.DataFrame(rows, columns=["a", "b", "c"])
+    weights = [[1.0], [2.0], [-1.0]]
+    profile = reference_profile(frame, ["a", "b", "c"], rows @ np.asarray(weights), "regression", None)
+    ranges = [(name, float(frame[name].min()), float(frame[name].max())) for name in frame]
+    model_card = card("regression", ranges, profile=profile, metrics={"rmse": 0.1})
+    return write_model_dir(directory, linear_onnx(weights, [0.0]), model_card), rows
+
+
 def overflowing_1d(directory: Path) -> Path:
     """y = 1e30 x: finite on the training range [-1, 1], +/-inf in float32 for |x| > ~3.4e8."""
     return write_model_dir(directory, linear_onnx([[1e30]], [0.0]), card("regression", [("x", -1.0, 1.0)]))

@@ -109,6 +109,19 @@ def _package(params: Params, ws: Workspace) -> None:
     package.main(params, ws)
 
 
+def _monitor(params: Params, ws: Workspace, log: Path, out: Path) -> int:
+    """Compare a request log with the training data; exit status 1 when params.yaml's monitor thresholds are crossed.
+
+    reads:  params.yaml monitor; the service's request log (--log, SERVICE_REQUEST_LOG), models/package/card.json
+            (the served model's reference profile and test metrics), data/split/train.parquet when present
+    writes: --out (default reports/monitor): report.html, summary.json, labelled.csv (served rows with feedback,
+            in the data's columns: append them to your data file and `dvc repro`)
+    """
+    from pipeline import monitor
+
+    return monitor.main(params.monitor, log, ws.package / "card.json", ws.split_dir / "train.parquet", out)
+
+
 STAGES = {"generate": _generate, "split": _split, "tune": _tune, "train": _train, "evaluate": _evaluate,
           "package": _package}
 
@@ -126,10 +139,18 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--worker", action="store_true",
                              help="join the search that `dvc repro` runs (same params, data and code; shared "
                                   "TUNE_STORAGE) from another process or machine and run trials until it is complete")
+    summary, _, details = _monitor.__doc__.partition("\n")
+    sub = stages.add_parser("monitor", help=summary, description=f"{summary}\n{textwrap.dedent(details)}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    sub.add_argument("--log", type=Path, required=True, help="the service's request log directory (SERVICE_REQUEST_LOG)")
+    sub.add_argument("--out", type=Path, default=Path("reports/monitor"), help="report directory (default: %(default)s)")
     args = parser.parse_args(argv)
     worker = getattr(args, "worker", False)
     try:
         params = load_params(args.params)
+        if args.stage == "monitor":
+            return _monitor(params, Workspace(), args.log, args.out)
         if worker:
             _tune(params, Workspace(), worker=True)
         else:

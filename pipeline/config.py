@@ -203,6 +203,16 @@ class TrackingConfig(_Strict):
     registered_model: str = Field(min_length=1)
 
 
+class MonitorConfig(_Strict):
+    """`python -m pipeline monitor`: when logged traffic calls for retraining (exit status 1)."""
+
+    psi_threshold: float = Field(gt=0, description="a feature (or the output) drifted when its PSI exceeds this")
+    min_rows: int = Field(ge=1, description="fewer logged rows: too few to judge drift")
+    error_ratio: float = Field(gt=0, description="degraded when the live error (from feedback) exceeds the test "
+                               "error times this")
+    min_feedback_rows: int = Field(ge=1, description="fewer labelled rows: too few to judge the live error")
+
+
 class Params(_Strict):
     data: DataConfig
     split: SplitConfig
@@ -210,6 +220,7 @@ class Params(_Strict):
     train: TrainConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
+    monitor: MonitorConfig
 
     @model_validator(mode="after")
     def _one_se_needs_folds(self) -> Params:

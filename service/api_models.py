@@ -162,6 +162,44 @@ class Provenance(OpenAPIModel):
     alias: str | None = None
 
 
+class ProfileColumn(OpenAPIModel):
+    """One column of the reference profile: bins and the training rows' share in each."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    kind: Literal["numeric", "categorical"]
+    edges: list[FiniteFloat] = Field(
+        description="Ascending cut points; bin i holds edges[i-1] < value <= edges[i]. Numeric: training "
+        "quantiles. Categorical: i + 0.5 on the category index (0 = out of vocabulary)."
+    )
+    expected: list[Annotated[FiniteFloat, Field(ge=0, le=1)]] = Field(
+        description="Share of training rows per bin (len(edges) + 1 values)."
+    )
+    categories: list[str] | None = Field(default=None, description="Categorical: the bins' categories.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"profile column {self.name!r}: edges must be strictly ascending")
+        if len(self.expected) != len(self.edges) + 1:
+            raise ValueError(f"profile column {self.name!r}: {len(self.edges)} edges need "
+                             f"{len(self.edges) + 1} shares, got {len(self.expected)}")
+        if not math.isclose(sum(self.expected), 1.0, abs_tol=1e-6):
+            raise ValueError(f"profile column {self.name!r}: shares sum to {sum(self.expected)}, not 1")
+        return self
+
+
+class ReferenceProfile(OpenAPIModel):
+    """What the training inputs and the model's outputs on them looked like (service/drift.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rows: int = Field(ge=1, description="Training rows profiled.")
+    features: list[ProfileColumn] = Field(description="In card feature order.")
+    output: ProfileColumn = Field(description="The prediction (regression) or predicted class index.")
+
+
 class ModelCard(OpenAPIModel):
     """The model card: the pipeline writes it (validated against this model) and the service
     reads it. Fields not listed here pass through unchanged, so an older service reads a newer card."""
@@ -196,6 +234,9 @@ class ModelCard(OpenAPIModel):
     onnx_parity_max_abs_diff: FiniteFloat | None = None
     mlflow: Provenance | None = Field(default=None, description="From provenance.json, when it matches the model.")
     git_commit: str | None = None
+    profile: ReferenceProfile | None = Field(
+        default=None, description="The training inputs' and outputs' reference distribution, for drift."
+    )
 
     @field_validator("features")
     @classmethod
@@ -220,6 +261,8 @@ class ModelCard(OpenAPIModel):
             raise ValueError(f"a binary card needs exactly 2 class labels, got {self.class_labels}")
         if self.imputation is not None and set(self.imputation.values) != set(self.feature_names):
             raise ValueError("imputation.values must name exactly the card's features")
+        if self.profile is not None and [c.name for c in self.profile.features] != self.feature_names:
+            raise ValueError("profile.features must list exactly the card's features, in order")
         return self
 
     @property
@@ -384,6 +427,10 @@ class RegressionAnswer(OpenAPIModel):
         description="Models trained with imputation only: per row, the features whose null value "
         "was filled from the card's imputation values; null for other models.",
     )
+    request_id: str | None = Field(
+        default=None,
+        description="Only with the request log on (SERVICE_REQUEST_LOG): this request's id, for POST /feedback.",
+    )
 
 
 class ClassificationAnswer(OpenAPIModel):
@@ -399,6 +446,10 @@ class ClassificationAnswer(OpenAPIModel):
         default=None,
         description="Models trained with imputation only: per row, the features whose null value "
         "was filled from the card's imputation values; null for other models.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        description="Only with the request log on (SERVICE_REQUEST_LOG): this request's id, for POST /feedback.",
     )
 
 

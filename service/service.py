@@ -10,7 +10,7 @@ It is loaded and checked when this module is imported, so a missing or corrupt m
 an invalid card or a card/model mismatch stops `bentoml serve` with a non-zero exit
 before it ever reports ready; and the request schema can be built from the card.
 
-HTTP: POST /predict, GET /metadata (the card), plus BentoML's /livez, /readyz, /metrics,
+HTTP: POST /predict, GET /metadata (the card), POST /feedback (monitoring.py), plus BentoML's /livez, /readyz, /metrics,
 /docs.json (OpenAPI) and /schema.json (BentoML's route schemas, read by its Python client;
 the same request/response schemas as /docs.json, so open like it, even with a token set).
 Every error body is {"error": "<what is wrong and what is allowed>"}, also for unknown paths
@@ -40,6 +40,8 @@ Environment (read once at start-up; a bad value stops start-up with a message):
   SERVICE_REQUEST_TIMEOUT_S  seconds to start answering a request (30); later: 504
   SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer
                              <token>"; compared in constant time, never logged or shown
+  SERVICE_DRIFT, SERVICE_DRIFT_WINDOW_ROWS/_S, SERVICE_REQUEST_LOG(_MAX_BYTES, _FILES, _BATCH):
+                             drift gauges and the request log, see monitoring.py
   SERVICE_DEBUG              1: a refused start-up shows its traceback; otherwise it prints
                              one line, "service refused to start: StartupError: ...", exit 1
 
@@ -102,6 +104,7 @@ from api_models import (
 )
 from http_gate import HttpGate, RequestTimeout, h11_send_400_json, routed
 from model_bundle import ModelBundle, Outputs, StartupError
+from monitoring import FeedbackAnswer, Monitoring, MonitoringSettings, build_feedback_model
 
 MODEL_NAME: str | None = getattr(bentoml.use_arguments(), "model_name", None)
 
@@ -194,6 +197,7 @@ def refuse_to_start(exc: StartupError, env: Mapping[str, str]) -> None:
 try:
     SETTINGS = Settings.from_env(os.environ)
     BUNDLE = ModelBundle.load(model_directory(SETTINGS))
+    MONITORING = Monitoring(MonitoringSettings.from_env(os.environ, _positive_int_from_env), BUNDLE.card)
 except StartupError as refusal:
     refuse_to_start(refusal, os.environ)
 CARD: ModelCard = BUNDLE.card
@@ -204,6 +208,9 @@ PredictRequest = build_request_model(
     CARD, max_rows=SETTINGS.max_rows, default_coverage=DEFAULT_COVERAGE
 )
 PredictAnswer = RegressionAnswer if IS_REGRESSION else ClassificationAnswer
+FeedbackRequest = build_feedback_model(CARD, max_rows=SETTINGS.max_rows)
+# request_id is in an answer only when the request log is on (it names the logged request).
+ANSWER_EXCLUDE = None if MONITORING.log else {"request_id"}
 
 _feature_list = ", ".join(CARD.feature_names)
 ERROR_HINTS = {
@@ -218,6 +225,11 @@ ERROR_HINTS = {
         f"|value| <= {MAX_ABS_FEATURE_VALUE:g}"
     ),
     "coverage": "coverage is a number strictly between 0 and 1",
+    "id": "id is the request_id of a /predict answer: 32 hexadecimal digits",
+    "targets": (
+        f"targets is a list of 1 to {SETTINGS.max_rows} true values, one per row of that request, in row order: "
+        + ("finite numbers" if IS_REGRESSION else f"each one of the class labels {BUNDLE.class_labels}")
+    ),
 }
 
 
@@ -249,8 +261,22 @@ class MLPService:
             answer = self._regression_answer(outputs, request.coverage)
         else:
             answer = self._classification_answer(outputs)
+        answer.request_id = MONITORING.observe(
+            rows, outputs.values, outputs.extrapolated,
+            lambda: answer.predictions if IS_REGRESSION else answer.labels,
+        )
         # The same JSON BentoML would write, minus its output machinery (~40 us a request, measured
         # by bench/serving); the OpenAPI schema still comes from the annotation.
+        return Response(answer.model_dump_json(exclude=ANSWER_EXCLUDE), media_type="application/json")
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, request: FeedbackRequest, /) -> FeedbackAnswer:
+        """Ground truth for a logged request: its request_id and the true target of each of its rows."""
+        if MONITORING.log is None:
+            return JSONResponse({"error": "request logging is off, so there is nothing to attach feedback to: "
+                                          "start the service with SERVICE_REQUEST_LOG=DIR"}, status_code=404)
+        MONITORING.log.feedback(request.id, list(request.targets))
+        answer = FeedbackAnswer(id=request.id, rows=len(request.targets))
         return Response(answer.model_dump_json(), media_type="application/json")
 
     def _regression_answer(self, outputs: Outputs, coverage: float) -> RegressionAnswer:
@@ -373,9 +399,16 @@ def patch_openapi(spec: dict[str, Any]) -> dict[str, Any]:
         },
     }
     spec["paths"]["/metadata"] = {"get": metadata}
+    feedback = spec["paths"]["/feedback"]["post"]
+    feedback["requestBody"]["required"] = True
+    feedback["responses"].update({
+        "400": error("Invalid feedback: the message names the field and what is allowed"),
+        "404": error("Request logging is off (SERVICE_REQUEST_LOG unset)"),
+        **{code: predict["responses"][code] for code in ("408", "413", "415", "500", "503", "504")},
+    })
     if SETTINGS.api_token is not None:
         components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
-        for operation in (predict, metadata):
+        for operation in (predict, metadata, feedback):
             operation["security"] = [{"bearerAuth": []}]
             operation["responses"]["401"] = error("Missing or wrong bearer token")
     return spec
@@ -404,6 +437,8 @@ class KnownPathMetrics(bentoml_instruments.RunnerTrafficMetricsMiddleware):
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and not routed(scope):
             return await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            MONITORING.publish()  # the drift gauges as of now, not as of the last refresh
         return await super().__call__(scope, receive, send)
 
 
@@ -437,7 +472,7 @@ bentoml_instruments.RunnerTrafficMetricsMiddleware = KnownPathMetrics
 
 MLPService.add_asgi_middleware(
     HttpGate,
-    api_paths=("/predict",),
+    api_paths=("/predict", "/feedback"),
     static_json={"/metadata": json.dumps(CARD.model_dump(mode="json", exclude_unset=True)).encode()},
     api_token=SETTINGS.api_token,
     max_body_bytes=SETTINGS.max_body_bytes,
