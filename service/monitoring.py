@@ -33,7 +33,7 @@ from pydantic import AllowInfNan, Field, Strict
 from api_models import ModelCard, OpenAPIModel, StrictBody
 from drift import DriftMonitor, DriftWindow
 from model_bundle import StartupError
-from request_log import RequestLog
+from request_log import RequestLog, flush
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 
@@ -116,6 +116,10 @@ class Monitoring:
         request_id = secrets.token_hex(16)
         self.log.predictions(request_id, rows, logged_outputs(), extrapolated.tolist())
         return request_id
+
+    def close(self) -> None:
+        if self.log is not None:
+            flush()
 
     def publish(self) -> None:
         if self.drift is not None:

@@ -38,7 +38,7 @@ Environment (read once at start-up; a bad value stops start-up with a message):
                              has been over it twice in a row (sampled every 50 ms),
                              /predict answers 503, `Retry-After: 1` and {"error": ...}
   SERVICE_REQUEST_TIMEOUT_S  seconds to start answering a request (30); later: 504
-  SERVICE_API_TOKEN          when set, /predict and /metadata need "Authorization: Bearer
+  SERVICE_API_TOKEN          when set, /predict, /feedback and /metadata need "Authorization: Bearer
                              <token>"; compared in constant time, never logged or shown
   SERVICE_DRIFT, SERVICE_DRIFT_WINDOW_ROWS/_S, SERVICE_REQUEST_LOG(_MAX_BYTES, _FILES, _BATCH):
                              drift gauges and the request log, see monitoring.py
@@ -245,6 +245,10 @@ class MLPService:
 
     def __init__(self) -> None:
         self.bundle = BUNDLE
+
+    @bentoml.on_shutdown
+    def _write_request_log(self) -> None:
+        MONITORING.close()  # what the log's batch still holds
 
     @bentoml.api(route="/predict")
     async def predict(self, request: PredictRequest, /) -> PredictAnswer:

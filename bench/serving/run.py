@@ -5,7 +5,9 @@
 
 Servers (each `bentoml serve ... --host 127.0.0.1 --port P`, one worker, pinned to core 0):
   ours       service/service.py MLPService on --model-dir (a tiny y = 2x + 1 model from
-             devtools/tiny_onnx_models.py when that directory holds no model)
+             devtools/tiny_onnx_models.py when that directory holds no model), drift gauges on
+             (they need the card's reference profile, which `make run` writes)
+  ours-nodrift the same with SERVICE_DRIFT=0: the cost of the drift gauges
   bare       bench/serving/reference_services.py BareService: returns a ready-made constant
              response, the HTTP ceiling of a BentoML service here
   bare-fixed BareService with the request-timeout middleware that service.py swaps in for
@@ -26,6 +28,7 @@ than throughput does, so bare's / ours' is printed as a cross-check of the 0.9x 
 Figures and goals (from the issue):
   single-row POST /predict {"x": [[0.5]]} at concurrency 1, 16, 64:
       throughput >= 0.9 x bare and >= 30 x keras; p99 latency reported
+      throughput with the drift gauges on >= 0.95 x off (ours / ours-nodrift)
   one request of 10,000 rows (concurrency 1): rows/s >= 0.8 x echo
   cold start (process launch -> GET /readyz 200): <= 1.5 x bare (median of --cold-starts)
   server RSS, whole process tree (arbiter + worker), after the load: <= 300 MB
@@ -71,7 +74,7 @@ REFERENCE_CLASSES = {
     "keras": "KerasService",
     "echo": "EchoService",
 }
-SINGLE_ROW_SERVERS = ("ours", "bare", "keras", "bare-fixed")
+SINGLE_ROW_SERVERS = ("ours", "ours-nodrift", "bare", "keras", "bare-fixed")
 
 
 def timeout_fix_in_service() -> bool:
@@ -89,6 +92,7 @@ DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024  # service/service.py's SERVICE_MAX_BOD
 # Goals: (kind, bound). "min": ratio ours/reference >= bound; "max": ratio <= bound;
 # "abs_max": ours <= bound (absolute).
 GOAL_VS_BARE = 0.9
+GOAL_DRIFT_VS_NODRIFT = 0.95
 GOAL_VS_KERAS = 30.0
 GOAL_VS_ECHO = 0.8
 GOAL_COLD_START = 1.5
@@ -240,8 +244,9 @@ class Fleet:
 
     def make(self, name: str) -> Server:
         env = {"BENTOML_HOME": str(self.bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
-        if name == "ours":
+        if name in ("ours", "ours-nodrift"):
             target, cwd = "service:MLPService", SERVICE_DIR
+            env["SERVICE_DRIFT"] = "0" if name == "ours-nodrift" else "1"
             env["SERVICE_MODEL_DIR"] = str(self.model_dir)
             if self.max_body_bytes is not None:
                 env["SERVICE_MAX_BODY_BYTES"] = str(self.max_body_bytes)
@@ -507,10 +512,13 @@ def main() -> int:
 
         # 2. The servers under load, all up at once (idle ones cost nothing), answers checked.
         servers = {name: fleet.make(name).start()
-                   for name in ("ours", *REFERENCE_CLASSES) if with_fixed or name != "bare-fixed"}
+                   for name in ("ours", "ours-nodrift", *REFERENCE_CLASSES) if with_fixed or name != "bare-fixed"}
         for name, server in servers.items():
             log(f"{name} ready in {server.wait_ready():.1f}s ({server.target}, port {server.port})")
         check_answers(servers, single, big)
+        if "service_drift_psi" not in httpx.get(f"{servers['ours'].url}/metrics").text:
+            notes.append("WARNING: ours has no drift gauges (the card has no reference profile: `make run`), "
+                         "so drift on vs off compares two equal servers")
         keras_log = servers["keras"].log_path.read_text(errors="replace")
         keras_text = "models/model.keras" if "BENCH_KERAS_MODEL" in servers["keras"].env else "random MLP"
         if "BENCH_KERAS_SOURCE" in keras_log:
@@ -553,6 +561,8 @@ def main() -> int:
                               "keras", "", ("min", GOAL_VS_KERAS), err))
         rows.append(ratio_row(f"c={c} single-row p99", s["ours"].percentile_ms(0.99),
                               s["bare"].percentile_ms(0.99), "bare", " ms", None, err))
+        rows.append(ratio_row(f"c={c} single-row req/s drift on vs off", s["ours"].per_second,
+                              s["ours-nodrift"].per_second, "off", "", ("min", GOAL_DRIFT_VS_NODRIFT), err))
     # Cross-checks, all concurrencies pooled. Server CPU time per request hardly depends on what
     # else the machine is doing, so bare's / ours' is the noise-robust form of the 0.9x goal.
     pooled = {n: Samples([sl for c in CONCURRENCIES for sl in single_row[c][n].slices],
@@ -562,6 +572,10 @@ def main() -> int:
     rows.append(Row("single-row server CPU/request (all c)", fmt(ours_cpu, " us"), f"{fmt(bare_cpu, ' us')} bare",
                     f"{capacity:.2f}x", f">= {GOAL_VS_BARE:g}x (bare/ours)",
                     "yes" if capacity >= GOAL_VS_BARE else "NO"))
+    nodrift_cpu = pooled["ours-nodrift"].cpu_us_per_request
+    rows.append(Row("single-row server CPU/request (all c)", fmt(ours_cpu, " us"), f"{fmt(nodrift_cpu, ' us')} off",
+                    f"{nodrift_cpu / ours_cpu:.2f}x", f">= {GOAL_DRIFT_VS_NODRIFT:g}x (drift off/on)",
+                    "yes" if nodrift_cpu / ours_cpu >= GOAL_DRIFT_VS_NODRIFT else "NO"))
     if with_fixed:
         rows.append(ratio_row("single-row req/s vs bare-fixed (all c)", pooled["ours"].per_second,
                               pooled["bare-fixed"].per_second, "bare-fixed", "", None))
@@ -604,7 +618,7 @@ def main() -> int:
     print("Details (pooled over slices):")
     for c in CONCURRENCIES:
         for name, s in single_row[c].items():
-            print(f"  c={c:<3} {name:<9} {s.per_second:9,.1f} req/s  p50 {s.percentile_ms(0.5):8.2f} ms  "
+            print(f"  c={c:<3} {name:<12} {s.per_second:9,.1f} req/s  p50 {s.percentile_ms(0.5):8.2f} ms  "
                   f"p99 {s.percentile_ms(0.99):8.2f} ms  server CPU {s.cpu_us_per_request:8,.0f} us/req  "
                   f"requests {s.requests:6d}  errors {s.errors}")
     for name, s in big_rows.items():
