@@ -68,8 +68,8 @@ def feature_drift(card: ModelCard, inputs: pd.DataFrame, train: pd.DataFrame | N
     out = []
     for column in card.profile.features:
         live = inputs[column.name]
-        if column.kind == "categorical":
-            index = {c: i for i, c in enumerate(column.categories or [])}
+        if column.kind == "categorical":  # bin 0 is out of vocabulary: no value sent maps to it by name
+            index = {c: i for i, c in enumerate(column.categories or []) if i}
             values = live.map(lambda v: index.get(str(v), 0)).to_numpy(dtype=np.float64)
         else:
             values = pd.to_numeric(live, errors="coerce").to_numpy(dtype=np.float64)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+OUT_OF_VOCABULARY = "<out of vocabulary>"  # a categorical profile's bin 0
 PROFILE_BINS = 10  # deciles: PSI's usual resolution; fewer for a feature with fewer distinct values
 
 
@@ -23,18 +24,24 @@ def numeric_column(name: str, values: np.ndarray, bins: int = PROFILE_BINS) -> d
     return {"name": name, "kind": "numeric", "edges": edges.tolist(), "expected": (counts / counts.sum()).tolist()}
 
 
-def categorical_column(name: str, indices: np.ndarray, categories: list[str]) -> dict:
-    """One bin per category index (0 = out of vocabulary) and the share of rows in each."""
+def index_column(name: str, indices: np.ndarray, categories: list[str]) -> dict:
+    """One bin per index 0..len(categories) - 1 (cut points at i + 0.5) and the share of rows in each."""
     counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=len(categories))
     return {"name": name, "kind": "categorical", "edges": [i + 0.5 for i in range(len(categories) - 1)],
-            "expected": (counts / counts.sum()).tolist(), "categories": [str(c) for c in categories]}
+            "expected": (counts / counts.sum()).tolist(), "categories": categories}
+
+
+def categorical_column(name: str, indices: np.ndarray, vocabulary: list[str]) -> dict:
+    """A categorical feature by its model input index: 0 out of vocabulary, then vocabulary[i] at i + 1."""
+    return index_column(name, indices, [OUT_OF_VOCABULARY, *map(str, vocabulary)])
 
 
 def category_indices(column: pd.Series, vocabulary: list[str]) -> np.ndarray:
-    """A categorical column as vocabulary indices (unknown -> 0); a numeric column already holds them."""
+    """A categorical column as model indices (vocabulary[i] -> i + 1, anything else 0); a numeric column
+    already holds them."""
     if pd.api.types.is_numeric_dtype(column):
         return column.to_numpy(dtype=np.int64)
-    index = {str(v): i for i, v in enumerate(vocabulary)}
+    index = {str(v): i for i, v in enumerate(vocabulary, 1)}
     return np.array([index.get(str(v), 0) for v in column], dtype=np.int64)
 
 
@@ -52,5 +59,5 @@ def reference_profile(frame: pd.DataFrame, features: list[str], outputs: np.ndar
     else:
         picks = (outputs.reshape(-1) >= 0.5).astype(int) if outputs.ndim == 1 or outputs.shape[1] == 1 \
             else outputs.argmax(axis=1)
-        output = categorical_column("predicted_class", picks, [str(label) for label in class_labels])
+        output = index_column("predicted_class", picks, [str(label) for label in class_labels])
     return {"rows": len(frame), "features": columns, "output": output}

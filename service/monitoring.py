@@ -97,6 +97,10 @@ class Monitoring:
                                  window_rows=None if settings.window_s else settings.window_rows,
                                  window_s=settings.window_s)
             self.drift = DriftMonitor(window, card.feature_names, card.task, _gauges)
+        # Categorical features arrive as strings; the profile bins them by model index (0: out of vocabulary).
+        self._categories = {i: {c: j for j, c in enumerate(column.categories or []) if j}
+                            for i, column in enumerate(card.profile.features if card.profile else [])
+                            if column.kind == "categorical"}
         self.log: RequestLog | None = None
         if settings.request_log is not None:
             try:
@@ -110,12 +114,16 @@ class Monitoring:
                 ) -> str | None:
         """Count a request for drift and log it; its request id when logging is on."""
         if self.drift is not None:
-            self.drift.observe(rows, values, extrapolated)
+            self.drift.observe(self._indexed(rows) if self._categories else rows, values, extrapolated)
         if self.log is None:
             return None
         request_id = secrets.token_hex(16)
         self.log.predictions(request_id, rows, logged_outputs(), extrapolated.tolist())
         return request_id
+
+    def _indexed(self, rows: list) -> list:
+        return [[self._categories[i].get(v, 0) if i in self._categories else v for i, v in enumerate(row)]
+                for row in rows]
 
     def close(self) -> None:
         if self.log is not None:

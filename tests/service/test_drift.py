@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from drift import DriftWindow, psi
-from pipeline.profile import categorical_column, numeric_column, reference_profile
+from pipeline.profile import (OUT_OF_VOCABULARY, categorical_column, category_indices, numeric_column,
+                              reference_profile)
 
 RNG = np.random.default_rng(1)
 TRAIN = np.random.default_rng(0).normal(size=(2000, 3))
@@ -69,7 +70,9 @@ def test_psi_is_nan_below_min_rows_and_window_needs_one_kind():
 
 
 def test_categorical_bins_are_category_indices_with_out_of_vocabulary_first():
-    column = categorical_column("colour", np.array([1, 1, 2, 3, 3, 3]), ["<oov>", "red", "green", "blue"])
+    column = categorical_column("colour", category_indices(pd.Series(["red", "red", "green"] + ["blue"] * 3),
+                                                          ["red", "green", "blue"]), ["red", "green", "blue"])
+    assert column["categories"] == [OUT_OF_VOCABULARY, "red", "green", "blue"]
     assert column["edges"] == [0.5, 1.5, 2.5] and column["expected"] == pytest.approx([0, 2 / 6, 1 / 6, 3 / 6])
     window = DriftWindow([column["edges"]], [column["expected"]], window_rows=100, min_rows=1)
     window.observe(np.array([[0.0], [0.0], [3.0], [3.0]]), np.zeros(4, bool))  # half unseen categories
@@ -82,3 +85,33 @@ def test_numeric_profile_merges_ties_and_shares_sum_to_one():
     assert column["edges"] == [0.0, 1.0]
     assert column["expected"] == pytest.approx([0.5, 0.3, 0.2])
     assert psi(column["expected"], column["expected"]) == 0
+
+
+def test_the_service_counts_categories_sent_as_strings_by_their_model_index():
+    from api_models import ModelCard
+    from monitoring import Monitoring, MonitoringSettings
+
+    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "colour": ["red", "red", "blue", "green"]})
+    profile = reference_profile(frame, ["size", "colour"], np.arange(4.0), "regression", None,
+                                {"colour": ["red", "blue", "green"]})
+    card = ModelCard.model_validate({
+        "name": "m", "task": "regression", "profile": profile,
+        "features": [{"name": "size", "min": 1, "max": 4}, {"name": "colour", "min": 0, "max": 0}],
+        "interval": {"method": "split-conformal", "default_coverage": 0.9, "abs_residuals": [0.1]}})
+    settings = MonitoringSettings(drift=True, window_rows=100, window_s=None, request_log=None,
+                                  log_max_bytes=1, log_files=1, log_batch=1)
+    monitoring = Monitoring(settings, card)
+    rows = [[1.0, "red"], [2.0, "blue"], [3.0, "purple"], [4.0, "red"]]
+    assert monitoring.observe(rows, np.arange(4.0), np.zeros(4, bool), lambda: []) is None  # no log: no id
+    assert monitoring.drift.window.shares()[1][:4].tolist() == [0.25, 0.5, 0.25, 0]  # purple: out of vocabulary
+
+
+def test_one_row_at_a_time_counts_as_a_batch_does():
+    rows = RNG.normal(size=(300, 3))
+    rows[::7, 1] = np.nan  # an imputing model's null: the lowest bin on both paths
+    batch, single = window_for(TRAIN, window_rows=100), window_for(TRAIN, window_rows=100)
+    batch.observe(served(rows), rows[:, 0] > 1)
+    for row, flag in zip(served(rows), rows[:, 0] > 1):
+        single.observe_row(row.tolist(), bool(flag))
+    assert (single._counts == batch._counts).all() and single.extrapolated_rate() == batch.extrapolated_rate()
+    assert single.psi() == pytest.approx(batch.psi())
