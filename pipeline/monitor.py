@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import write_json
+from pipeline.artifacts import file_sha256, write_json
 from pipeline.config import MonitorConfig
 from pipeline.errors import PipelineError
 from service.api_models import ModelCard
@@ -214,8 +214,15 @@ live {fmt(error.get('metric'))} {fmt(error.get('live'))} against test {fmt(error
 
 
 def read_card(path: Path) -> ModelCard:
+    """The packaged card, with the MLflow version from provenance.json when that describes this model.onnx."""
     try:
-        return ModelCard.model_validate_json(path.read_text(encoding="utf-8"))
+        card = json.loads(path.read_text(encoding="utf-8"))
+        provenance = path.with_name("provenance.json")
+        if provenance.is_file() and (path.with_name("model.onnx")).is_file():
+            extra = json.loads(provenance.read_text(encoding="utf-8"))
+            if extra.get("model_sha256") == file_sha256(path.with_name("model.onnx")):
+                card["mlflow"] = extra.get("mlflow")
+        return ModelCard.model_validate(card)
     except FileNotFoundError:
         raise PipelineError(f"monitor: no model card at {path}; run `dvc repro` first (monitor reads the served model's card)") from None
     except ValueError as exc:

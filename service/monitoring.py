@@ -21,6 +21,7 @@ Gauges on /metrics (labels: the card's feature names only, so the series are fix
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from model_bundle import StartupError
 from request_log import RequestLog, flush
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class Monitoring:
     def __init__(self, settings: MonitoringSettings, card: ModelCard) -> None:
         self.card = card
         self.drift: DriftMonitor | None = None
+        if settings.drift and card.profile is None:
+            logger.warning("the model card has no reference profile, so there are no drift gauges; "
+                           "a model packaged by this version of the pipeline has one")
         if settings.drift and card.profile is not None:
             columns = [*card.profile.features, card.profile.output]
             window = DriftWindow([c.edges for c in columns], [c.expected for c in columns],

@@ -75,7 +75,7 @@ def test_drift_is_flagged_and_retraining_on_the_labelled_rows_serves_a_better_ch
     assert result.returncode == 1, result.stdout + result.stderr
     assert "retrain: feature 'x' drifted" in result.stdout
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["rows"] == 300 and summary["error"]["matched_rows"] == 300
+    assert summary["rows"] == 300 and summary["error"]["matched_rows"] == 300 and summary["model_version"] == "1"
     assert summary["error"]["live"] > summary["error"]["test"]
     labelled = pd.read_csv(report / "labelled.csv")
     assert list(labelled.columns) == ["x", "y"] and len(labelled) == 300
