@@ -35,7 +35,7 @@ def as_category_text(column: pd.Series, name: str) -> pd.Series:
     fractional = values.notna() & (np.mod(values.fillna(0), 1) != 0)
     if fractional.any():
         row = int(np.flatnonzero(fractional.to_numpy())[0])
-        raise CategoryError(f"data.file.categorical: column {name!r} holds {column.iloc[row]!r} in row {row}; only "
+        raise CategoryError(f"data.file.categorical: column {name!r} holds {values.iloc[row]:g} in row {row}; only "
                             "whole numbers or text can be categories (drop it from data.file.categorical)")
     return values.map(lambda v: None if pd.isna(v) else str(int(v))).astype(object)
 
