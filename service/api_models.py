@@ -462,7 +462,7 @@ class PredictionInterval(OpenAPIModel):
 UNSEEN_DESCRIPTION = (
     "Models with categorical features only: per row, the categorical features whose category is not in "
     "the card's vocabulary (never seen in training, or too rare to be kept): the model read them as "
-    "out-of-vocabulary, and the row is extrapolated; null for other models."
+    "out-of-vocabulary, and the row is extrapolated. Absent for other models."
 )
 EXTRAPOLATED_DESCRIPTION = (
     "Per row: true if any numeric feature lies outside its training range, or any categorical feature "

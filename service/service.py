@@ -262,7 +262,9 @@ class MLPService:
             answer = self._classification_answer(outputs)
         # The same JSON BentoML would write, minus its output machinery (~40 us a request, measured
         # by bench/serving); the OpenAPI schema still comes from the annotation.
-        return Response(answer.model_dump_json(), media_type="application/json")
+        # unseen_categories only for a model with categorical features: other models answer as before.
+        exclude = {"unseen_categories"} if outputs.unseen is None else None
+        return Response(answer.model_dump_json(exclude=exclude), media_type="application/json")
 
     def _regression_answer(self, outputs: Outputs, coverage: float) -> RegressionAnswer:
         predictions = outputs.values
