@@ -37,7 +37,8 @@ def validated(card: dict) -> dict:
 def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str) -> dict:
     """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`."""
     schema = splits.schema
-    return validated({
+    dropped = {"dropped_features": schema.dropped} if schema.dropped else {}
+    return validated({**dropped,
         "name": name,
         "task": schema.task,
         "target": schema.target,

@@ -30,14 +30,14 @@ def is_text(column: pd.Series) -> bool:
 def as_category_text(column: pd.Series, name: str) -> pd.Series:
     """The column's values as category strings (missing stays missing); whole numbers lose their '.0'."""
     if is_text(column):
-        return column.astype(object).where(column.notna(), None).map(lambda v: v if v is None else str(v))
+        return column.astype(str).astype(object).where(column.notna(), None)
     values = column.astype("float64")
     fractional = values.notna() & (np.mod(values.fillna(0), 1) != 0)
     if fractional.any():
         row = int(np.flatnonzero(fractional.to_numpy())[0])
         raise CategoryError(f"data.file.categorical: column {name!r} holds {values.iloc[row]:g} in row {row}; only "
                             "whole numbers or text can be categories (drop it from data.file.categorical)")
-    return values.map(lambda v: None if pd.isna(v) else str(int(v))).astype(object)
+    return values.fillna(0).astype(np.int64).astype(str).astype(object).where(values.notna(), None)
 
 
 def vocabulary(train: pd.Series, max_categories: int) -> list[str]:

@@ -203,6 +203,11 @@ class ModelCard(OpenAPIModel):
     class_labels: list[ClassLabel] | None = Field(
         default=None, description="Class labels in model output order (classification only)."
     )
+    dropped_features: dict[str, str] | None = Field(
+        default=None,
+        description="Columns of the training table the model does not take: (nearly) constant on the "
+        "training rows (split.near_constant), each with its value and share.",
+    )
     interval: IntervalSpec | None = Field(
         default=None, description="Calibration for prediction intervals (regression only)."
     )

@@ -92,7 +92,7 @@ def check_categorical_run(output, card):
     kinds = {f["name"]: (f["kind"], f.get("categories")) for f in card["features"]}
     assert kinds["district"] == ("categorical", ["centre", "east", "north", "south", "west"])
     assert kinds["zip"][0] == "categorical" and "1012" in kinds["zip"][1] and kinds["area_m2"] == ("numeric", None)
-    assert "country" not in kinds
+    assert "country" not in kinds and card["dropped_features"] == {"country": "constant 'NL'"}
 
 
 def check_served_categories(root, card):
