@@ -87,23 +87,25 @@ def test_numeric_profile_merges_ties_and_shares_sum_to_one():
     assert psi(column["expected"], column["expected"]) == 0
 
 
-def test_the_service_counts_categories_sent_as_strings_by_their_model_index():
-    from api_models import ModelCard
+def test_the_service_counts_categories_sent_as_strings_by_their_model_index(tmp_path):
+    from api_models import build_request_model
+    from devtools.tiny_onnx_models import COLORS, regression_categorical
+    from model_bundle import ModelBundle
     from monitoring import Monitoring, MonitoringSettings
 
-    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "colour": ["red", "red", "blue", "green"]})
-    profile = reference_profile(frame, ["size", "colour"], np.arange(4.0), "regression", None,
-                                {"colour": ["red", "blue", "green"]})
-    card = ModelCard.model_validate({
-        "name": "m", "task": "regression", "profile": profile,
-        "features": [{"name": "size", "min": 1, "max": 4}, {"name": "colour", "min": 0, "max": 0}],
-        "interval": {"method": "split-conformal", "default_coverage": 0.9, "abs_residuals": [0.1]}})
+    frame = pd.DataFrame({"area": [10.0, 20.0, 30.0, 40.0], "color": ["red", "red", "blue", "green"]})
+    profile = reference_profile(frame, ["area", "color"], np.arange(4.0), "regression", None, {"color": COLORS})
+    bundle = ModelBundle.load(regression_categorical(tmp_path / "model", profile=profile))
     settings = MonitoringSettings(drift=True, window_rows=100, window_s=None, request_log=None,
                                   log_max_bytes=1, log_files=1, log_batch=1)
-    monitoring = Monitoring(settings, card)
-    rows = [[1.0, "red"], [2.0, "blue"], [3.0, "purple"], [4.0, "red"]]
-    assert monitoring.observe(rows, np.arange(4.0), np.zeros(4, bool), lambda: []) is None  # no log: no id
-    assert monitoring.drift.window.shares()[1][:4].tolist() == [0.25, 0.5, 0.25, 0]  # purple: out of vocabulary
+    monitoring = Monitoring(settings, bundle.card)
+    body = '{"records": [{"area": 10, "color": "red"}, {"area": 20, "color": "blue"}, {"area": 30, "color": "purple"}]}'
+    rows = build_request_model(bundle.card, max_rows=10, default_coverage=0.9).model_validate_json(body).feature_rows()
+    outputs = bundle.infer(rows)
+    assert monitoring.observe(rows, outputs.values, outputs.extrapolated, lambda: []) is None  # no log: no id
+    # Bins by model index: 0 out of vocabulary (purple), blue 1, green 2, red 3.
+    assert monitoring.drift.window.shares()[1][:4].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 1 / 3])
+    assert profile["features"][1]["expected"] == [0, 0.25, 0.25, 0.5]
 
 
 def test_one_row_at_a_time_counts_as_a_batch_does():
