@@ -34,8 +34,10 @@ def validated(card: dict) -> dict:
     return card
 
 
-def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str) -> dict:
-    """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`."""
+def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str,
+               profile: dict | None = None) -> dict:
+    """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`; `profile`:
+    its training rows' and outputs' reference distribution (pipeline/profile.py)."""
     schema = splits.schema
     dropped = {"dropped_features": schema.dropped} if schema.dropped else {}
     return validated({**dropped,
@@ -50,6 +52,7 @@ def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, 
         "data_hash": run.data.tags.get("data_sha256"),
         "split_fingerprint": fingerprint,
         "params": run.data.params,
+        "profile": profile,
     })
 
 

@@ -54,6 +54,7 @@ from pipeline.registry import (  # noqa: E402
     split_fingerprint,
 )
 from pipeline.paths import Workspace  # noqa: E402
+from pipeline.profile import reference_profile  # noqa: E402
 from pipeline.train import MODEL_URI_TAG, find_run  # noqa: E402
 from service.api_models import conformal_half_width  # noqa: E402
 
@@ -72,6 +73,15 @@ def probabilities(model: keras.Model, x: np.ndarray, task: str) -> np.ndarray:
     """(n, k) class probabilities; the binary model's single sigmoid output is P(second label)."""
     out = predict(model, x)
     return np.hstack([1 - out, out]) if task == "binary" else out
+
+
+def training_profile(model: keras.Model, splits: Splits, folds: int) -> dict:
+    """The card's reference profile: the rows this model learnt from, and its outputs on them."""
+    schema = splits.schema
+    rows = development_rows(splits, folds)
+    x, _ = features_and_target(rows, schema)
+    return reference_profile(rows, schema.features, predict(model, x), schema.task, schema.class_labels,
+                             schema.categories)
 
 
 def keras_predictor(model: keras.Model, task: str) -> Predictor:
@@ -387,7 +397,7 @@ def main(params: Params, ws: Workspace) -> None:
     fingerprint = split_fingerprint(development_ids, test_ids)
     log_development_rows(run_id, development_ids)
     card = model_card(params.tracking.registered_model, splits, metrics["model"], interval_spec(model, splits, params),
-                      train_run, fingerprint)
+                      train_run, fingerprint, training_profile(model, splits, params.split.folds))
     log_card(run_id, card)
 
     name, primary = params.tracking.registered_model, PRIMARY_METRIC[schema.task]

@@ -23,12 +23,11 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.artifacts import atomic_dir, ensure_writable, file_sha256, write_json
 from pipeline.config import Params
-from pipeline.data import Splits, development_rows, features_and_target, read_splits
+from pipeline.data import Splits, features_and_target, read_splits
 from pipeline.errors import PipelineError
 from pipeline.card import stored_card, validated
 from pipeline.paths import Workspace
 from pipeline.model import predict
-from pipeline.profile import reference_profile
 from pipeline.registry import CHAMPION
 
 PROVENANCE_FILE = "provenance.json"  # the service's model_bundle.PROVENANCE_FILE
@@ -68,15 +67,6 @@ def export_onnx(model, path: Path, check_inputs: np.ndarray) -> float:
         raise PipelineError(f"package: ONNX export differs from Keras by {float(np.max(difference)):.3g} "
                             f"({relative:.3g} relative; allowed {PARITY_TOLERANCE:g} of max(1, |output|))")
     return float(np.max(difference))
-
-
-def training_profile(model, splits: Splits, params: Params) -> dict:
-    """The card's reference profile: the rows the model learnt from, and its outputs on them."""
-    rows = development_rows(splits, params.split.folds)
-    schema = splits.schema
-    x, _ = features_and_target(rows, schema)
-    return reference_profile(rows, schema.features, predict(model, x), schema.task, schema.class_labels,
-                             schema.categories)
 
 
 def provenance(version, run, model_path: Path) -> dict:
@@ -122,8 +112,7 @@ def main(params: Params, ws: Workspace) -> None:
     splits = read_splits(ws.split_dir)
     with atomic_dir(ws.package) as staging:
         gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
-        card = {**stored_card(version), "onnx_parity_max_abs_diff": gap, "profile": training_profile(model, splits, params)}
-        write_json(staging / "card.json", validated(card))
+        write_json(staging / "card.json", validated({**stored_card(version), "onnx_parity_max_abs_diff": gap}))
         write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
     tag = store_and_build(ws, name)
     write_json(ws.bento_info, {"bento": tag, "model_version": str(version.version)})

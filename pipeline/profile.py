@@ -1,6 +1,6 @@
-"""The reference profile the package stage puts in the model card: how the training inputs, and the
-model's outputs on them, are distributed. The service counts live traffic in the same bins
-(service/drift.py) and `python -m pipeline monitor` compares logged traffic with it.
+"""The reference profile the evaluate stage puts in each model's card (package ships the champion's):
+how the training inputs, and the model's outputs on them, are distributed. The service counts live
+traffic in the same bins (service/drift.py); `python -m pipeline monitor` compares logged traffic with it.
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ import pytest  # noqa: E402
 from pipeline.card import model_card, validated  # noqa: E402
 from pipeline.config import SplitConfig, load_params  # noqa: E402
 from pipeline.data import load, prepare, split  # noqa: E402
-from pipeline.evaluate import conformal_interval, interval_spec, primary_score, served_model_lines  # noqa: E402
+from pipeline.evaluate import (conformal_interval, interval_spec, primary_score, served_model_lines,  # noqa: E402
+                               training_profile)
+from pipeline.profile import numeric_column  # noqa: E402
 from pipeline.model import build_model, fit, seed_everything  # noqa: E402
 from service.api_models import ModelCard, conformal_half_width  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
@@ -76,9 +78,14 @@ def test_primary_score_on_a_subset_of_test_rows(fitted):
 def test_the_card_is_valid_for_the_service_and_carries_the_fill_values(fitted):
     model, splits = fitted
     run = SimpleNamespace(data=SimpleNamespace(tags={"data_sha256": "abc"}, params={"units_1": "10"}))
-    card = model_card("line-mlp", splits, {"rmse": 0.1}, interval_spec(model, splits, PARAMS), run, "f00d")
+    profile = training_profile(model, splits, PARAMS.split.folds)
+    card = model_card("line-mlp", splits, {"rmse": 0.1}, interval_spec(model, splits, PARAMS), run, "f00d", profile)
     parsed = ModelCard.model_validate(json.loads(json.dumps(card)))
     assert parsed.name == "line-mlp" and parsed.imputation is None and parsed.split_fingerprint == "f00d"
+    # The profile is this model's: its training rows, and its own predictions on them.
+    assert parsed.profile.rows == len(splits.train) and [c.name for c in parsed.profile.features] == ["x"]
+    predictions = model(splits.train[["x"]].to_numpy(np.float32)).numpy()[:, 0]
+    assert parsed.profile.output.edges == numeric_column("p", predictions)["edges"]
     assert card["features"] == [{"name": "x", "kind": "numeric", "min": splits.train["x"].min(),
                                  "max": splits.train["x"].max()}]
     x = np.arange(30.0)
