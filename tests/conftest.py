@@ -19,6 +19,28 @@ PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", "
                  "Dockerfile", ".dockerignore", ".dvc/plots.html",
                  "pyproject.toml"]
 
+# Scheduling over pytest-xdist's workers (`--dist loadgroup --no-loadscope-reorder`): a file's tests run on one
+# worker, so its module-scoped servers, stores and image are made once; except in the files listed in
+# INDEPENDENT_TESTS, whose tests each build their own project and so spread over the workers. Work is handed
+# out in collection order, and the files in HEAVIEST_FIRST (measured, minutes each) come first, so that no
+# long file starts last. A stale list only costs balance, never correctness.
+HEAVIEST_FIRST = ["tests/container/test_container.py", "tests/e2e/test_sources_e2e.py",
+                  "tests/e2e/test_tune_registry_e2e.py", "tests/e2e/test_faults_e2e.py",
+                  "tests/e2e/test_distributed.py", "tests/pipeline/test_tune.py"]
+INDEPENDENT_TESTS = {"tests/e2e/test_sources_e2e.py", "tests/e2e/test_faults_e2e.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(file_of(item), len(rank)))  # stable: the rest keep their order
+    for item in items:
+        if file_of(item) not in INDEPENDENT_TESTS:
+            item.add_marker(pytest.mark.xdist_group(file_of(item)))
+
+
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
     "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
