@@ -139,4 +139,5 @@ def bench_model(requested: Path | None, workdir: Path) -> tuple[Path, bytes]:
     if not ((model_dir / "model.onnx").exists() and (model_dir / "card.json").exists()):
         model_dir = tiny_onnx_models.regression_1d(workdir / "tiny_model")
     card = json.loads((model_dir / "card.json").read_text())
-    return model_dir, json.dumps({"x": [[f["min"] for f in card["features"]]]}).encode()
+    row = [f["categories"][0] if f.get("kind") == "categorical" else f["min"] for f in card["features"]]
+    return model_dir, json.dumps({"x": [row]}).encode()

@@ -18,6 +18,7 @@ podman, buildah, runc and debootstrap when missing. Run it with `make container-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import pytest
 
 from tests.conftest import Project
 from tests.pipeline.test_stage_deps import declared_stages, module_path, stage_modules
+from devtools import tiny_onnx_models
 from devtools.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,6 +157,7 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -
 class Container:
     def __init__(self, name: str, url: str, env: dict[str, str]):
         self.name, self.url, self.env = name, url, env
+        self.started_in = 0.0  # seconds from `podman run` to /readyz
 
     def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh(["podman", *args], env=self.env, check=check, timeout=120)
@@ -170,18 +173,18 @@ class Container:
         return "\n".join((result.stdout + result.stderr).splitlines()[-40:])
 
 
-@pytest.fixture(scope="module")
-def container(podman_env: dict[str, str], image: str):
+@contextlib.contextmanager
+def running(podman_env: dict[str, str], image: str, *options: str):
+    """The image run as deployed (read-only root, a tmpfs for /tmp: BENTOML_HOME, HOME, TMPDIR point there),
+    ready on a free port; removed afterwards. --health-interval=disable: no systemd here to schedule the
+    checks; a test runs the image's HEALTHCHECK itself with `podman healthcheck run`."""
     name = f"keras-mlp-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     c = Container(name, f"http://127.0.0.1:{port}", podman_env)
     try:
-        # As deployed: read-only root, a tmpfs for /tmp (BENTOML_HOME, HOME, TMPDIR point there).
-        # --health-interval=disable: no systemd here to schedule the checks; the test runs the
-        # image's HEALTHCHECK itself with `podman healthcheck run`.
         start = time.monotonic()
         sh(["podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", "--read-only",
-            "--tmpfs", "/tmp:rw,size=256m,mode=1777", "--health-interval=disable", image],
+            "--tmpfs", "/tmp:rw,size=256m,mode=1777", "--health-interval=disable", *options, image],
            env=podman_env, timeout=120)
         deadline = start + READY_TIMEOUT
         while True:
@@ -197,10 +200,30 @@ def container(podman_env: dict[str, str], image: str):
             if time.monotonic() > deadline:
                 pytest.fail(f"/readyz not 200 within {READY_TIMEOUT} s:\n{c.logs()}")
             time.sleep(0.25)
-        record("cold_start_to_readyz_seconds", time.monotonic() - start)
+        c.started_in = time.monotonic() - start
         yield c
     finally:
         sh(["podman", "rm", "--force", "--time", "5", name], env=podman_env, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(podman_env: dict[str, str], image: str):
+    with running(podman_env, image) as c:
+        record("cold_start_to_readyz_seconds", c.started_in)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def categorical_container(podman_env: dict[str, str], image: str, tmp_path_factory: pytest.TempPathFactory):
+    """The same image serving a model with a categorical feature (devtools' tiny y = area + 10 * index(color),
+    no TensorFlow) mounted over the baked-in /opt/model: one more cold start (~9 s), no second build."""
+    model_dir = tiny_onnx_models.regression_categorical(tmp_path_factory.mktemp("categorical") / "model")
+    model_dir.chmod(0o755)  # the image's non-root user reads it
+    for item in model_dir.iterdir():
+        item.chmod(0o644)
+    with running(podman_env, image, "-v", f"{model_dir}:/opt/model:ro") as c:
+        record("categorical_cold_start_to_readyz_seconds", c.started_in)
+        yield c
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +275,20 @@ def test_editing_a_module_reruns_the_stages_that_import_it(journey: Project) -> 
             path.write_text(original)
         expected = {stage for stage, modules in importers.items() if module in modules}
         assert changed == expected, f"editing {module_path(module)}: dvc status reports {sorted(changed)}"
+
+
+def test_container_takes_categories_and_flags_unseen_ones(categorical_container: Container) -> None:
+    url = categorical_container.url
+    status, served = http("POST", f"{url}/predict", {"records": [{"area": 50.0, "color": "red"},
+                                                                 {"area": 20.0, "color": "purple"}]})
+    assert status == 200, served
+    answer = json.loads(served)
+    assert answer["predictions"] == [80.0, 20.0]  # red: index 3; purple: 0, out-of-vocabulary
+    assert answer["unseen_categories"] == [[], ["color"]] and answer["extrapolated"] == [False, True]
+    status, served = http("POST", f"{url}/predict", {"records": [{"area": 1.0, "color": 3}]})
+    assert status == 400 and "records[0].color: Input should be a valid string" in json.loads(served)["error"]
+    status, metadata = http("GET", f"{url}/metadata")
+    assert json.loads(metadata)["features"][1]["categories"] == tiny_onnx_models.COLORS
 
 
 def test_bad_request_is_a_client_error(container: Container) -> None:

@@ -71,7 +71,8 @@ def check_package_and_service(root, run_id, tmp_path_factory_dir):
     """The package stage's output: card contents, a built bento, and a served model that matches Keras."""
     card = json.loads((root / "models/package/card.json").read_text())
     train = __import__("pandas").read_parquet(root / "data/split/train.parquet")
-    assert card["features"] == [{"name": "x", "min": float(train["x"].min()), "max": float(train["x"].max())}]
+    assert card["features"] == [{"name": "x", "kind": "numeric", "min": float(train["x"].min()),
+                                 "max": float(train["x"].max())}]
     assert "mlflow" not in card and "git_commit" not in card  # run provenance stays out of DVC's hash
     provenance = json.loads((root / "models/package/provenance.json").read_text())
     assert provenance["mlflow"]["run_id"] == run_id and provenance["mlflow"]["model_version"] == "1"
