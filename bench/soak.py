@@ -60,11 +60,14 @@ def log(message: str) -> None:
 
 
 def valid_bodies(card: dict, rng: random.Random, n: int = 2000) -> list[bytes]:
-    ranges = [(f["min"], f["max"]) for f in card["features"]]
-    return [
-        json.dumps({"x": [[round(rng.uniform(lo, hi), 6) for lo, hi in ranges]]}).encode()
-        for _ in range(n)
-    ]
+    """Rows inside the training ranges; a categorical feature gets one of its categories, or now and then
+    one the model never saw (answered and flagged, also a 200)."""
+    def value(feature: dict):
+        if feature.get("kind") == "categorical":
+            return rng.choice(feature["categories"]) if rng.random() < 0.95 else "never seen"
+        return round(rng.uniform(feature["min"], feature["max"]), 6)
+
+    return [json.dumps({"x": [[value(f) for f in card["features"]]]}).encode() for _ in range(n)]
 
 
 def invalid_bodies(card: dict) -> list[bytes]:

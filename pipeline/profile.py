@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.categories import encode
+
 OUT_OF_VOCABULARY = "<out of vocabulary>"  # a categorical profile's bin 0
 PROFILE_BINS = 10  # deciles: PSI's usual resolution; fewer for a feature with fewer distinct values
 
@@ -36,21 +38,12 @@ def categorical_column(name: str, indices: np.ndarray, vocabulary: list[str]) ->
     return index_column(name, indices, [OUT_OF_VOCABULARY, *map(str, vocabulary)])
 
 
-def category_indices(column: pd.Series, vocabulary: list[str]) -> np.ndarray:
-    """A categorical column as model indices (vocabulary[i] -> i + 1, anything else 0); a numeric column
-    already holds them."""
-    if pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.int64)
-    index = {str(v): i for i, v in enumerate(vocabulary, 1)}
-    return np.array([index.get(str(v), 0) for v in column], dtype=np.int64)
-
-
 def reference_profile(frame: pd.DataFrame, features: list[str], outputs: np.ndarray, task: str,
                       class_labels: list | None, categories: dict[str, list[str]] | None = None) -> dict:
     """The card's `profile`: per feature (card order) its bins, and the model's `outputs` on these rows
     (regression: predictions [n]; classification: class probabilities or P(class 1) [n, k])."""
     categories = categories or {}
-    columns = [categorical_column(name, category_indices(frame[name], categories[name]), categories[name])
+    columns = [categorical_column(name, encode(frame[name], categories[name]), categories[name])
                if name in categories else numeric_column(name, frame[name].to_numpy())
                for name in features]
     outputs = np.asarray(outputs, dtype=np.float64)

@@ -19,6 +19,28 @@ PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", "
                  "Dockerfile", ".dockerignore", ".dvc/plots.html",
                  "pyproject.toml"]
 
+# Scheduling over pytest-xdist's workers (`--dist loadgroup --no-loadscope-reorder`): a file's tests run on one
+# worker, so its module-scoped servers, stores and image are made once; except in the files listed in
+# INDEPENDENT_TESTS, whose tests each build their own project and so spread over the workers. Work is handed
+# out in collection order, and the files in HEAVIEST_FIRST (measured, minutes each) come first, so that no
+# long file starts last. A stale list only costs balance, never correctness.
+HEAVIEST_FIRST = ["tests/container/test_container.py", "tests/e2e/test_sources_e2e.py",
+                  "tests/e2e/test_tune_registry_e2e.py", "tests/e2e/test_faults_e2e.py",
+                  "tests/e2e/test_distributed.py", "tests/e2e/test_monitoring_loop.py", "tests/pipeline/test_tune.py"]
+INDEPENDENT_TESTS = {"tests/e2e/test_sources_e2e.py", "tests/e2e/test_faults_e2e.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(file_of(item), len(rank)))  # stable: the rest keep their order
+    for item in items:
+        if file_of(item) not in INDEPENDENT_TESTS:
+            item.add_marker(pytest.mark.xdist_group(file_of(item)))
+
+
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
     "data": {"n_samples": 60},
     "tune": {"n_trials": 3, "epochs": 40, "patience": 5, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 5}},
@@ -93,20 +115,23 @@ def project(tmp_path: Path) -> Project:
 # The built project registers its model under a name of its own: the package stage, the bento and
 # the image must follow params.yaml's tracking.registered_model.
 BUILT_PARAMS = {"tracking": {"registered_model": "line-mlp"}}
+# The example table with categorical columns: text ones, and zip, whole numbers read as categories; a bag of 2.
+CATEGORICAL_PARAMS = {"data": {"source": "file", "file": {"path": "examples/rentals.csv", "target": "rent",
+                                                          "categorical": ["zip"]}},
+                      "split": {"folds": 2}}
 
 
-@pytest.fixture(scope="session")
-def built_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
-    """A project after one `dvc repro` (tiny params), committed: built once per test run, shared by
-    pytest-xdist's workers through a file lock. Read-only: a test that changes files or stores works
-    on its own `project`, or on a `git clone` of this one. `repro_output` holds what dvc repro printed."""
+def shared_project(name: str, override: dict, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
+    """A project after one `dvc repro` (tiny params + `override`), committed: built once per test run by
+    whichever worker asks first, shared with pytest-xdist's other workers through a file lock. Read-only: a
+    test that changes files or stores works on its own `project`, or on a copy of this one."""
     shared = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         shared = shared.parent
-    path, log, done = shared / "built" / "project", shared / "built" / "repro.log", shared / "built" / "done"
-    with FileLock(str(shared / "built.lock")):
+    path, log, done = shared / name / "project", shared / name / "repro.log", shared / name / "done"
+    with FileLock(str(shared / f"{name}.lock")):
         if not done.exists():
-            project = make_project(path, BUILT_PARAMS)
+            project = make_project(path, override)
             result = project.run("dvc", "repro", timeout=1200)
             log.write_text(result.stdout + result.stderr)
             project.commit("first run")
@@ -114,3 +139,16 @@ def built_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> P
     project = Project(path)
     project.repro_output = log.read_text()
     return project
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
+    """The tutorial's line, as a newcomer's `make run` builds it (tiny params, model `line-mlp`); see
+    `shared_project`. `repro_output` holds what dvc repro printed."""
+    return shared_project("built", BUILT_PARAMS, tmp_path_factory, worker_id)
+
+
+@pytest.fixture(scope="session")
+def categorical_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
+    """examples/rentals.csv (categorical columns) through `dvc repro`; see `shared_project`."""
+    return shared_project("categorical", CATEGORICAL_PARAMS, tmp_path_factory, worker_id)

@@ -20,100 +20,32 @@ MLflow 3 UI behaviour the project relies on (scripts/mlflow-ui.sh, pipeline/runs
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from scripts.screenshots import (
+from devtools.mlflow_ui import (
+    CHROMIUM,
     CHROMIUM_ARGS,
-    READY_TIMEOUT_S,
+    SEARCHED,
     UI_TIMEOUT_MS,
     VIEWPORT,
     compare_url,
-    free_port,
+    is_ready,
+    mlflow_ui,
     open_runs,
     show_all_params,
-    SEARCHED,
 )
-from tests.conftest import ROOT, tool_env
+from tests.conftest import tool_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-UI_SCRIPT = ROOT / "scripts" / "mlflow-ui.sh"
 
 def require_chromium() -> None:
     if CHROMIUM.exists():
         return
     pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (`make test` does)")
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes in a process group."""
-    members = []
-    for process in psutil.process_iter(["status", "cmdline"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(process)
-    return members
-
-
-def is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@contextlib.contextmanager
-def mlflow_ui(cwd: Path, log_path: Path) -> Iterator[str]:
-    """scripts/mlflow-ui.sh in `cwd` on a free port; yields the URL it prints; kills its whole process group."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(["bash", str(UI_SCRIPT)], cwd=cwd, env={**tool_env(), "PORT": str(port)},
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # own group: teardown kills exactly this tree
-    pgid = process.pid
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not is_ready(url):
-            if process.poll() is not None:
-                raise AssertionError(f"mlflow-ui.sh exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"MLflow UI not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.5)
-        first = log_path.read_text().splitlines()[0]  # the URL to open comes first
-        assert first.startswith(f"MLflow UI: http://mlflow.localhost:{port}/#/experiments/"), first
-        yield first.removeprefix("MLflow UI: ")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        leftovers = group_members(pgid)
-        with contextlib.suppress(ProcessLookupError):
-            if leftovers:
-                os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=15)
-        if sys.exc_info()[0] is None:  # don't hide the test's own failure behind this one
-            assert not leftovers, f"MLflow UI processes outlived SIGTERM: {[p.info for p in leftovers]}"
-            assert not is_ready(url), f"something still answers on {url}"
 
 
 DURATION = re.compile(r"([\d.]+)(ms|s|min|h)")
@@ -154,7 +86,9 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(built_project, tmp_path):
     assert {d.dataset.name for d in champion_run.inputs.dataset_inputs} == {
         "synthetic line training", "synthetic line validation", "synthetic line testing"}
 
-    with mlflow_ui(project.path, tmp_path / "mlflow-ui.log") as url, sync_playwright() as p:
+    with mlflow_ui(project.path, tmp_path / "mlflow-ui.log", tool_env()) as ui, sync_playwright() as p:
+        assert ui.url.startswith(f"http://mlflow.localhost:{ui.port}/#/experiments/"), ui.url
+        url = ui.url
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport=VIEWPORT)  # a fresh profile: nothing remembered
@@ -181,7 +115,7 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(built_project, tmp_path):
                 assert min(durations) > 0.1, durations
 
                 # (b) the trials side by side: a plotly chart with a val_loss axis
-                base = url.split("/#/")[0]
+                base = ui.base_url
                 page.goto(compare_url(base, [t.info.run_id for t in trials], [experiment.experiment_id]))
                 expect(page.get_by_text(f"Comparing {len(trials)} Runs").first).to_be_visible(timeout=UI_TIMEOUT_MS)
                 plot = page.locator(".js-plotly-plot").first
@@ -201,3 +135,5 @@ def test_mlflow_ui_shows_metrics_champion_and_trials(built_project, tmp_path):
                 raise
         finally:
             browser.close()
+    assert not ui.outlived_sigterm, f"MLflow UI processes outlived SIGTERM: {ui.outlived_sigterm}"
+    assert not is_ready(ui.base_url), f"something still answers on {ui.base_url}"

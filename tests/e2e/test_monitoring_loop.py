@@ -99,3 +99,38 @@ def test_drift_is_flagged_and_retraining_on_the_labelled_rows_serves_a_better_ch
     y_new = 2 * x_new + 1
     old, new = rmse(package, x_new, y_new), rmse(clone.path / "models" / "package", x_new, y_new)
     assert new < old, (new, old)
+
+
+def test_a_categorical_model_s_profile_is_what_the_service_counts_for_its_training_rows(categorical_project):
+    """The packaged card of the categorical table: the service's counting (strings to model indices) of
+    the rows the model learnt from reproduces the profile's shares, so PSI is 0 on the training data."""
+    import sys
+
+    from devtools.server import SERVICE_DIR
+
+    sys.path.insert(0, str(SERVICE_DIR))
+    from api_models import ModelCard
+    from monitoring import Monitoring, MonitoringSettings
+
+    project = categorical_project.path
+    card = ModelCard.model_validate_json((project / "models" / "package" / "card.json").read_text())
+    for feature, column in zip(card.features, card.profile.features):
+        assert column.kind == feature.kind
+        if feature.kind == "categorical":
+            assert column.categories[1:] == feature.categories
+    split = project / "data" / "split"
+    rows = pd.concat([pd.read_parquet(split / "train.parquet"), pd.read_parquet(split / "val.parquet")])  # 2 folds
+    assert card.profile.rows == len(rows)
+    settings = MonitoringSettings(drift=True, window_rows=len(rows), window_s=None, request_log=None,
+                                  log_max_bytes=1, log_files=1, log_batch=1)
+    monitoring = Monitoring(settings, card)
+    # As a client sends them: numbers, and strings for the categorical features.
+    values = [[str(v) if f.kind == "categorical" else float(v) for f, v in zip(card.features, row)]
+              for row in rows[card.feature_names].itertuples(index=False)]
+    window = monitoring.drift.window
+    window.min_rows = 1
+    monitoring.drift.window.observe(
+        np.column_stack([np.asarray(monitoring._indexed(values), dtype=np.float64), np.zeros(len(values))]),
+        np.zeros(len(values), bool))
+    *per_feature, _ = window.psi()  # the output column got zeros here: only the inputs are compared
+    assert max(per_feature) < 1e-6, dict(zip(card.feature_names, per_feature))

@@ -4,6 +4,7 @@ categorical columns goes from CSV to the served bento, which takes strings and f
 from __future__ import annotations
 
 import json
+import shutil
 
 import httpx
 import keras
@@ -12,17 +13,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import CATEGORICAL_PARAMS, Project
 from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
 
 # Two cases with a bag of 2 networks (split.folds), one of them with the README's profile for tables;
 # one with one network. (The built project runs the default source, the tutorial's line.) The file is
-# the example table with categorical columns: text ones, and zip, whole numbers read as categories.
+# the example table with categorical columns, run once per test run (the container test serves it too).
 CASES = {
-    "file-regression": {"data": {"source": "file", "file": {"path": "examples/rentals.csv", "target": "rent",
-                                                            "categorical": ["zip"]}},
-                        "split": {"folds": 2}},
+    "file-regression": CATEGORICAL_PARAMS,
     "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 2},
                        "tune": {"select": "one_se", "space": {"l2": {"low": 1.0e-4, "high": 0.1}}}},
     "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1}},
@@ -37,9 +37,14 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_repro_for_each_source_and_task(project, case):
-    project.set_params(CASES[case])
-    output = project.run("dvc", "repro").stdout
+def test_repro_for_each_source_and_task(request, case):
+    if case == "file-regression":
+        project = request.getfixturevalue("categorical_project")
+        output = project.repro_output
+    else:
+        project = request.getfixturevalue("project")
+        project.set_params(CASES[case])
+        output = project.run("dvc", "repro").stdout
     root = project.path
     if "tune" in CASES[case]:
         chosen = yaml.safe_load((root / "models/best_params.yaml").read_text())
@@ -74,9 +79,11 @@ def test_repro_for_each_source_and_task(project, case):
     if case == "file-regression":
         check_categorical_run(output, card)
         check_served_categories(root, card)
-        edited = pd.read_csv(root / "examples/rentals.csv").iloc[:-5]
-        edited.to_csv(root / "examples/rentals.csv", index=False)
-        assert "generate" in project.run("dvc", "status").stdout  # the user's file is a dependency
+        copy = Project(request.getfixturevalue("tmp_path") / "project")  # the shared project stays as built
+        shutil.copytree(root, copy.path, symlinks=True, ignore=shutil.ignore_patterns("bentoml", "mlartifacts"))
+        edited = pd.read_csv(copy.path / "examples/rentals.csv").iloc[:-5]
+        edited.to_csv(copy.path / "examples/rentals.csv", index=False)
+        assert "generate" in copy.run("dvc", "status").stdout  # the user's file is a dependency
     if case == "synthetic-multiclass":
         check_served_classifier(root, card)
 

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.registry import SPLIT_FINGERPRINT_TAG, fair_rows, log_development_rows, outcome_line
+from pipeline.registry import SPLIT_FINGERPRINT_TAG, FairRows, fair_rows, log_development_rows, outcome_line
 
 BASE = {"registered_model": "keras-mlp", "version": "5", "metric": "rmse", "test_value": 0.0843}
 COMPATIBLE = {"task": "regression", "features": "x"}
@@ -80,3 +80,41 @@ def test_first_and_unfair_comparisons_are_explained():
     unfair = outcome_line({**BASE, "promoted": True, "champion_version": "5", "reason": "too few rows",
                            "previous_champion": {"version": "4", "compared": None}})
     assert unfair == "registered keras-mlp v5: the new champion, as no fair comparison is possible (too few rows)"
+
+
+def test_a_fair_win_or_tie_takes_the_alias_and_a_fair_loss_keeps_it(tmp_path):
+    """register_and_promote on a real store with real (tiny) logged Keras models: the alias and the
+    champion run tag move on a win or a tie on the fair rows, and stay on a loss."""
+    import keras
+
+    from pipeline.registry import CHAMPION, register_and_promote
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+
+        def candidate(candidate_score: float | None) -> dict:
+            with mlflow.start_run(experiment_id=experiment) as run:
+                info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow"])
+            fair = FairRows(None, "first") if candidate_score is None else FairRows(np.ones(30, bool), "same data and split")
+            return register_and_promote("m", info.model_uri, run.info.run_id, "rmse", 0.1, fair,
+                                        lambda champion, rows: (candidate_score, 0.2), {})
+
+        def champion() -> tuple[str, list[str]]:
+            client = mlflow.MlflowClient()
+            tagged = client.search_runs([experiment], f"tags.{CHAMPION} = 'true'")
+            return str(client.get_model_version_by_alias("m", CHAMPION).version), [r.info.run_id for r in tagged]
+
+        assert candidate(None)["promoted"] and champion()[0] == "1"
+        win = candidate(0.1)
+        assert win["promoted"] and win["previous_champion"] == {"version": "1", "compared": {
+            "rows": 30, "candidate": 0.1, "champion": 0.2}}
+        version, tagged = champion()
+        assert version == "2" and tagged == [mlflow.MlflowClient().get_model_version("m", "2").run_id]
+        assert candidate(0.2)["promoted"] and champion()[0] == "3"  # a tie: the newer model
+        loss = candidate(0.3)
+        assert not loss["promoted"] and loss["champion_version"] == "3" and champion()[0] == "3"
+        assert len(champion()[1]) == 1
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from drift import DriftWindow, psi
-from pipeline.profile import (OUT_OF_VOCABULARY, categorical_column, category_indices, numeric_column,
-                              reference_profile)
+from pipeline.categories import encode
+from pipeline.profile import OUT_OF_VOCABULARY, categorical_column, numeric_column, reference_profile
 
 RNG = np.random.default_rng(1)
 TRAIN = np.random.default_rng(0).normal(size=(2000, 3))
@@ -70,8 +70,8 @@ def test_psi_is_nan_below_min_rows_and_window_needs_one_kind():
 
 
 def test_categorical_bins_are_category_indices_with_out_of_vocabulary_first():
-    column = categorical_column("colour", category_indices(pd.Series(["red", "red", "green"] + ["blue"] * 3),
-                                                          ["red", "green", "blue"]), ["red", "green", "blue"])
+    column = categorical_column("colour", encode(pd.Series(["red", "red", "green"] + ["blue"] * 3),
+                                                 ["red", "green", "blue"]), ["red", "green", "blue"])
     assert column["categories"] == [OUT_OF_VOCABULARY, "red", "green", "blue"]
     assert column["edges"] == [0.5, 1.5, 2.5] and column["expected"] == pytest.approx([0, 2 / 6, 1 / 6, 3 / 6])
     window = DriftWindow([column["edges"]], [column["expected"]], window_rows=100, min_rows=1)
