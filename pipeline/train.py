@@ -3,6 +3,8 @@ networks on cross-validation folds of train + val), logged to MLflow."""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from pipeline.model import EpochCallback, History, average, build_model, fit, me
 
 MODEL_SHA256_TAG = "model_sha256"
 MODEL_URI_TAG = "model_uri"
+PROGRESS_EVERY_S = 30.0
 
 
 def model_for(hp: HyperParams, fold: Fold, schema: Schema, index: int, folds: int) -> keras.Model:
@@ -40,7 +43,7 @@ def fit_fold(hp: HyperParams, fold: Fold, schema: Schema, index: int, params: Pa
     seed_everything(params.train.seed + index)
     model = model_for(hp, fold, schema, index, params.split.folds)
     history = fit(model, hp, fold.train, fold.val, epochs=epochs, patience=patience, min_epochs=min_epochs,
-                  on_epoch=on_epoch)
+                  max_epoch_steps=params.train.max_epoch_steps, on_epoch=on_epoch)
     return model, history
 
 
@@ -48,12 +51,46 @@ def train(splits: Splits, hp: HyperParams, params: Params) -> tuple[keras.Model,
     """Fit `hp` on each fold, early-stopped on its held-out rows: one network (split.folds = 1), or
     a bag of split.folds networks whose outputs are averaged."""
     members, histories = [], []
+    cfg = params.train
     for index, fold in enumerate(development_folds(splits, params.split.folds, params.split.seed)):
-        model, history = fit_fold(hp, fold, splits.schema, index, params, epochs=params.train.epochs,
-                                  patience=params.train.patience, min_epochs=params.train.min_epochs)
+        progress = EpochProgress(f"train{f' network {index + 1}/{params.split.folds}' if params.split.folds > 1 else ''}",
+                                 cfg.epochs, cfg.patience, cfg.min_epochs)
+        model, history = fit_fold(hp, fold, splits.schema, index, params, epochs=cfg.epochs,
+                                  patience=cfg.patience, min_epochs=cfg.min_epochs, on_epoch=progress)
         members.append(model)
         histories.append(history)
     return (members[0] if len(members) == 1 else average(members)), histories
+
+
+class EpochProgress:
+    """An epoch callback printing one line every PROGRESS_EVERY_S seconds (none on a fit that is quicker): the epoch,
+    the best so far and an ETA. Early stopping makes the end uncertain, so the line gives both bounds: when training
+    stops if the validation loss improves no more, and when it stops at the latest (train.epochs)."""
+
+    def __init__(self, label: str, epochs: int, patience: int, min_epochs: int, every_s: float = PROGRESS_EVERY_S,
+                 stream=None):
+        self.label, self.epochs, self.patience, self.min_epochs, self.every_s = label, epochs, patience, min_epochs, every_s
+        self.stream = stream or sys.stdout
+        self.started = self.last_line = time.monotonic()
+        self.best_loss, self.best_epoch = math.inf, 0
+
+    def __call__(self, epoch: int, _train_loss: float, val_loss: float | None) -> bool:
+        if val_loss is not None and val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            print(self.line(epoch, (now - self.started) / epoch), file=self.stream, flush=True)
+        return False
+
+    def line(self, epoch: int, seconds_per_epoch: float) -> str:
+        latest = f"at most {(self.epochs - epoch) * seconds_per_epoch:.0f} s left (epoch {self.epochs})"
+        if not self.patience or self.best_epoch == 0:
+            return f"{self.label}: epoch {epoch}/{self.epochs}, {seconds_per_epoch:.2f} s/epoch, {latest}"
+        stop = min(self.epochs, max(self.min_epochs, self.best_epoch + self.patience))
+        return (f"{self.label}: epoch {epoch}/{self.epochs}, best validation loss {self.best_loss:.5g} at epoch"
+                f" {self.best_epoch}, {seconds_per_epoch:.2f} s/epoch; ETA {max(0, stop - epoch) * seconds_per_epoch:.0f} s"
+                f" if it improves no more (epoch {stop}), {latest}")
 
 
 def learning_curve(histories: list[History]) -> pd.DataFrame:

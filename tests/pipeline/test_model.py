@@ -196,3 +196,24 @@ def test_a_saved_model_s_bytes_depend_only_on_the_model(tmp_path):
     x = np.linspace(-1, 1, 10, dtype=np.float32).reshape(-1, 2)
     loaded = keras.saving.load_model(paths[0], safe_mode=True)
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+
+
+def test_a_step_budget_is_a_no_op_within_a_pass_and_slices_the_passes_beyond_it():
+    """train.max_epoch_steps: 100 rows at batch 16 are 7 steps a pass. A budget of 7 or more changes nothing; a budget
+    of 3 makes 7 epochs of 3 steps, which are the same 21 steps, in the same order, as 3 full passes."""
+    x, y = line_data(100)
+
+    def fitted(**kwargs):
+        seed_everything(3)
+        model = build_model(HP, 1)
+        history = fit(model, HP, (x, y), None, patience=0, **kwargs)
+        return model.get_weights(), history
+
+    reference, _ = fitted(epochs=3)
+    unchanged, _ = fitted(epochs=3, max_epoch_steps=7)
+    sliced, history = fitted(epochs=7, max_epoch_steps=3)
+    partial, _ = fitted(epochs=6, max_epoch_steps=3)
+    assert all(np.array_equal(a, b) for a, b in zip(reference, unchanged))
+    assert all(np.array_equal(a, b) for a, b in zip(reference, sliced))
+    assert not all(np.array_equal(a, b) for a, b in zip(reference, partial))
+    assert history.epochs_run == 7
