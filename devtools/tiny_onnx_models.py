@@ -113,3 +113,16 @@ def direct_predictions(model_dir: Path, rows) -> list[list[float]]:
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.asarray(rows, dtype=np.float32)})[0].astype(np.float64).tolist()
+
+
+COLORS = ["blue", "green", "red"]
+
+
+def regression_categorical(directory: Path, **extra) -> Path:
+    """y = area + 10 * index(color): area in [0, 100], color one of COLORS (index 1..3, 0 out-of-vocabulary)."""
+    model_card = card("regression", [], **extra)
+    model_card["features"] = [
+        {"name": "area", "kind": "numeric", "min": 0.0, "max": 100.0},
+        {"name": "color", "kind": "categorical", "categories": COLORS, "min": None, "max": None},
+    ]
+    return write_model_dir(directory, linear_onnx([[1.0], [10.0]], [0.0]), model_card)

@@ -24,12 +24,13 @@ def _generate(params: Params, ws: Workspace) -> None:
     writes: data/raw.parquet (the table), data/schema.json (features, target, task)
     """
     from pipeline.artifacts import ensure_writable
-    from pipeline.data import load, write_frame
+    from pipeline.data import load, task_line, write_frame
 
     ensure_writable(ws.raw, ws.schema)
     frame, schema = load(params.data)
     write_frame(frame, ws.raw)
     schema.write(ws.schema)
+    print(task_line(schema))
     print(f"{params.data.source} data: {len(frame)} rows, {len(schema.features)} feature(s), task {schema.task}"
           f" -> {ws.raw}")
 
@@ -38,14 +39,18 @@ def _split(params: Params, ws: Workspace) -> None:
     """Cut the table into train / validation / test (and k folds of train + val when split.folds >= 2).
 
     reads:  params.yaml split; data/raw.parquet, data/schema.json
-    writes: data/split/ (train, val and test parquet files)
+    writes: data/split/ (train, val and test parquet files; schema.json with the fill values, the categorical
+            features' vocabularies and the features dropped as near-constant, all learnt on the training rows)
     """
     import pandas as pd
 
-    from pipeline.data import Schema, split, write_splits
+    from pipeline.data import Schema, categories_line, dropped_line, split, write_splits
 
     splits = split(pd.read_parquet(ws.raw), Schema.read(ws.schema), params.split)
     write_splits(splits, ws.split_dir)
+    for line in (dropped_line(splits.schema, params.split.near_constant), categories_line(splits)):
+        if line:
+            print(line)
     folds = f", train + val in {params.split.folds} folds" if params.split.folds > 1 else ""
     print(f"split train/val/test = {len(splits.train)}/{len(splits.val)}/{len(splits.test)}{folds} -> {ws.split_dir}")
 

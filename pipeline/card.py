@@ -2,7 +2,7 @@
 
 `evaluate` writes the card of the model it evaluates and stores it with that model's MLflow run;
 `package` ships the stored card of the champion it packages. So every figure in a served card
-(metrics, interval calibration, training ranges, fill values) belongs to the served model, also
+(metrics, interval calibration, training ranges, vocabularies, fill values) belongs to the served model, also
 when an older champion is packaged after a newer model lost the comparison. Both validate against
 the service's own schema (service.api_models.ModelCard), so a card the pipeline writes is one the
 service accepts.
@@ -41,8 +41,7 @@ def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, 
         "name": name,
         "task": schema.task,
         "target": schema.target,
-        "features": [{"name": n, "min": float(splits.train[n].min()), "max": float(splits.train[n].max())}
-                     for n in schema.features],
+        "features": [feature_spec(splits, name) for name in schema.features],
         "class_labels": schema.class_labels,
         "interval": interval,
         "imputation": None if schema.fill_values is None else {"method": schema.impute, "values": schema.fill_values},
@@ -51,6 +50,16 @@ def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, 
         "split_fingerprint": fingerprint,
         "params": run.data.params,
     })
+
+
+def feature_spec(splits: Splits, name: str) -> dict:
+    """A feature as the service checks it: a numeric one's training range, a categorical one's vocabulary
+    (in index order: the category at position i is index i + 1, 0 is out-of-vocabulary)."""
+    vocab = splits.schema.categories.get(name)
+    if vocab is not None:
+        return {"name": name, "kind": "categorical", "categories": vocab, "min": None, "max": None}
+    column = splits.train[name]
+    return {"name": name, "kind": "numeric", "min": float(column.min()), "max": float(column.max())}
 
 
 def log_card(run_id: str, card: dict) -> None:

@@ -54,6 +54,8 @@ class FileSource(_Strict):
     target: str = Field(min_length=1)
     features: list[str] | None = Field(default=None, description="null = every column but the target")
     impute: Literal["none", "mean", "median"]
+    categorical: list[str] = Field(default_factory=list, description="whole-number columns to read as categories "
+                                   "(text columns always are)")
 
 
 class SklearnSource(_Strict):
@@ -96,6 +98,13 @@ class SplitConfig(_Strict):
     seed: int = Field(ge=0)
     folds: int = Field(ge=1, le=20, description="1 = train on train, stop on val; k >= 2 = k-fold cross-validation "
                        "of train + val for tuning, and a bag of k networks")
+    # What `split` fits on the training rows besides the imputation fill values (pipeline/categories.py).
+    max_categories: int = Field(default=100, ge=1, le=100_000, description="vocabulary per categorical feature: its "
+                                "most frequent training categories; rarer ones share the out-of-vocabulary index 0")
+    embed_above: int = Field(default=10, ge=1, le=100_000, description="a categorical feature with more categories "
+                             "than this is embedded (learnt); one with at most this many is one-hot encoded")
+    near_constant: float = Field(default=0.999, gt=0.5, le=1.0, description="a feature whose most common value fills "
+                                 "at least this share of the training rows is dropped")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitConfig:

@@ -9,13 +9,14 @@ feature columns in model-input order and the class labels.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from pipeline import categories as cats
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.errors import PipelineError
@@ -40,6 +41,15 @@ class Schema:
     # Per feature, the value a missing one is filled with: fitted by `split` on the training rows only,
     # so no test row shapes what the model learns. None before the split, and when impute is none.
     fill_values: dict[str, float] | None = None
+    # Categorical feature -> its vocabulary, learnt by `split` on the training rows: the category at
+    # position i has model input index i + 1, index 0 is out-of-vocabulary (pipeline/categories.py).
+    # Empty before the split and when no feature is categorical.
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    # Categorical features the model embeds, with the embedding's width; the others are one-hot encoded.
+    embedding_dims: dict[str, int] = field(default_factory=dict)
+    # Features `split` dropped as (near-)constant on the training rows, with why.
+    dropped: dict[str, str] = field(default_factory=dict)
+    task_reason: str = ""  # why the task is what it is (generate prints it)
 
     @property
     def n_outputs(self) -> int:
@@ -133,24 +143,42 @@ def load_file(path: Path) -> pd.DataFrame:
 # --- checks ----------------------------------------------------------------------------------------
 
 
-def infer_task(target: pd.Series, requested: str) -> str:
-    """`auto`: text or few integer values -> classification (binary or multi-class); else regression."""
+def infer_task(target: pd.Series, requested: str) -> tuple[str, str]:
+    """The task and why, in words: `auto` reads text or few whole-number values as classes (binary or
+    multi-class) and anything else as a regression target; any other setting is taken as it is."""
     if requested != "auto":
-        return requested
+        return requested, "set by data.task"
     values = target.dropna()
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     integral = numeric and np.all(np.mod(values.to_numpy(dtype=float), 1) == 0)
-    if numeric and not (integral and values.nunique() <= MAX_AUTO_CLASSES):
-        return "regression"
-    return "binary" if values.nunique() <= 2 else "multiclass"
+    distinct = values.nunique()
+    if numeric and not integral:
+        return "regression", f"{distinct} distinct values, not all whole numbers"
+    if numeric and distinct > MAX_AUTO_CLASSES:
+        return "regression", (f"{distinct} distinct whole numbers, more than the {MAX_AUTO_CLASSES} that auto reads"
+                              " as classes")
+    kind = "whole numbers" if numeric else "values"
+    return ("binary" if distinct <= 2 else "multiclass"), f"{distinct} distinct {kind}"
+
+
+def task_line(schema: Schema) -> str:
+    """The console's one line on the task: what it is and why, and how to choose another."""
+    if schema.task_reason == "set by data.task":
+        return f"task: {schema.task} (set by data.task)"
+    return f"task: {schema.task} (target {schema.target!r}: {schema.task_reason}; set data.task to override)"
 
 
 def _first_bad_row(mask: pd.Series) -> int:
     return int(np.flatnonzero(mask.to_numpy())[0])
 
 
-def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: str, impute: str) -> tuple[pd.DataFrame, Schema]:
-    """Check the table and return it (feature columns, then the target) with its schema."""
+def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: str, impute: str,
+            categorical: list[str] = ()) -> tuple[pd.DataFrame, Schema]:
+    """Check the table and return it (feature columns, then the target) with its schema.
+
+    Text columns, and the whole-number columns named in `categorical`, become categorical features held as
+    strings (their vocabulary is learnt by `split`); every other feature becomes float64.
+    """
     if target not in frame.columns:
         raise DataError(f"target column {target!r} not found; columns are: {', '.join(map(str, frame.columns))}")
     features = list(features) if features is not None else [c for c in frame.columns if c != target]
@@ -161,18 +189,31 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
         raise DataError("no feature columns: the table has only the target")
     if target in features:
         raise DataError(f"column {target!r} is both the target and a feature")
+    unknown = [c for c in categorical if c not in features]
+    if unknown:
+        raise DataError(f"data.file.categorical: {unknown} are not feature columns; features are: {', '.join(features)}")
     frame = frame[features + [target]].copy()
     if len(frame) < MIN_ROWS:
         raise DataError(f"the table has {len(frame)} row(s); training needs at least {MIN_ROWS} "
                         "(two each for train, validation and test)")
+    text = []
     for column in features:
-        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+        if column in categorical:
+            frame[column] = cats.as_category_text(frame[column], column)
+            text.append(column)
+        elif not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
             converted = pd.to_numeric(frame[column], errors="coerce")
             bad = converted.isna() & frame[column].notna()
-            if bad.any():
+            if not bad.any():
+                frame[column] = converted
+            elif bad.sum() * 2 < frame[column].notna().sum():  # mostly numbers: a typo, not categories
                 row = _first_bad_row(bad)
-                raise DataError(f"feature column {column!r} is not numeric: row {row} holds {frame[column].iloc[row]!r}")
-            frame[column] = converted
+                raise DataError(f"feature column {column!r} holds numbers but row {row} holds "
+                                f"{frame[column].iloc[row]!r}; fix the value, or list the column in "
+                                "data.file.categorical to read every value as a category")
+            else:
+                frame[column] = cats.as_category_text(frame[column], column)
+                text.append(column)
     if frame[target].isna().any():
         raise DataError(f"target column {target!r} has a missing value in row {_first_bad_row(frame[target].isna())}"
                         " (impute fills features only: drop the row or fill the target)")
@@ -181,16 +222,19 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
         raise DataError(f"target column {target!r} holds {frame[target].iloc[row]} in row {row}; targets must be "
                         "finite numbers (drop the row or fix the value)")
     for column in features:
-        holes = frame[column].isna() | np.isinf(frame[column])
+        holes = frame[column].isna() if column in text else frame[column].isna() | np.isinf(frame[column])
         if holes.any():
             if impute == "none":
+                fill = ("read as out-of-vocabulary" if column in text else "filled")
                 raise DataError(f"feature column {column!r} has a missing value in row {_first_bad_row(holes)} "
-                                "(set data.file.impute to mean or median to fill missing values)")
-            frame.loc[holes, column] = np.nan  # filled by `split`, from the training rows only
+                                f"(set data.file.impute to mean or median to have missing values {fill})")
+            if column not in text:
+                frame.loc[holes, column] = np.nan  # filled by `split`, from the training rows only
             if holes.all():
                 raise DataError(f"feature column {column!r} has no values at all; drop it from data.file.features")
-    frame[features] = frame[features].astype("float64")
-    task = infer_task(frame[target], task)
+    numeric = [c for c in features if c not in text]
+    frame[numeric] = frame[numeric].astype("float64")
+    task, why = infer_task(frame[target], task)
     labels = None
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(frame[target]):
@@ -203,18 +247,20 @@ def prepare(frame: pd.DataFrame, target: str, features: list[str] | None, task: 
             raise DataError(f"target column {target!r} has a single class ({labels[0]!r}); classification needs two or more")
         if task == "binary" and len(labels) != 2:
             raise DataError(f"task binary needs exactly 2 classes, target {target!r} has {len(labels)}")
-    return frame.reset_index(drop=True), Schema(task, target, features, labels, impute)
+    return frame.reset_index(drop=True), Schema(task, target, features, labels, impute, task_reason=why)
 
 
 def load(cfg: DataConfig) -> tuple[pd.DataFrame, Schema]:
     """The data set that `data.source` names, checked, with its schema."""
     if cfg.source == "synthetic" and cfg.synthetic == "line":
-        return prepare(generate_line(cfg), "y", ["x"], "regression" if cfg.task == "auto" else cfg.task, "none")
+        frame, schema = prepare(generate_line(cfg), "y", ["x"], "regression" if cfg.task == "auto" else cfg.task, "none")
+        return frame, (replace(schema, task_reason="the tutorial's line") if cfg.task == "auto" else schema)
     if cfg.source == "synthetic":
         return prepare(generate_classification(cfg), "label", None, cfg.task, "none")
     if cfg.source == "sklearn":
         return prepare(load_sklearn(cfg.sklearn.name), "target", None, cfg.task, "none")
-    return prepare(load_file(Path(cfg.file.path)), cfg.file.target, cfg.file.features, cfg.task, cfg.file.impute)
+    return prepare(load_file(Path(cfg.file.path)), cfg.file.target, cfg.file.features, cfg.task, cfg.file.impute,
+                   cfg.file.categorical)
 
 
 # --- split -----------------------------------------------------------------------------------------
@@ -238,7 +284,7 @@ def split(frame: pd.DataFrame, schema: Schema, cfg: SplitConfig) -> Splits:
         )
     ids = row_ids(frame, schema)
     parts = (part.sort_index().set_axis(pd.Index(ids[part.sort_index().index], name=ROW_ID)) for part in (train, val, test))
-    splits = impute(Splits(*parts, schema))
+    splits = impute(fit_categories(drop_near_constant(Splits(*parts, schema), cfg.near_constant), cfg))
     development_folds(splits, cfg.folds, cfg.seed)  # too few rows for the folds: fail here, before anything is written
     return splits
 
@@ -249,13 +295,67 @@ def row_ids(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
     return pd.util.hash_pandas_object(frame[schema.features + [schema.target]], index=False).to_numpy()
 
 
+def drop_near_constant(splits: Splits, threshold: float) -> Splits:
+    """Without the features that (nearly) never change on the training rows (`split.near_constant`);
+    the schema records each with why. None left is an error: there is nothing to learn from."""
+    schema = splits.schema
+    dropped = cats.near_constant(splits.train, schema.features, threshold)
+    if not dropped:
+        return splits
+    kept = [name for name in schema.features if name not in dropped]
+    if not kept:
+        raise DataError(f"every feature is constant or near-constant on the training rows "
+                        f"({'; '.join(f'{k}: {v}' for k, v in dropped.items())}; split.near_constant: {threshold:g}): "
+                        "there is nothing to learn from; add varied feature columns or rows")
+    columns = kept + [schema.target]
+    parts = (part[columns] for part in (splits.train, splits.val, splits.test))
+    return Splits(*parts, replace(schema, features=kept, dropped=dropped))
+
+
+def fit_categories(splits: Splits, cfg: SplitConfig) -> Splits:
+    """The vocabulary of each categorical (text) feature, learnt on the training rows, and which of them
+    the model embeds (more than `split.embed_above` categories) rather than one-hot encodes."""
+    schema = splits.schema
+    vocabularies = {name: cats.vocabulary(splits.train[name], cfg.max_categories)
+                    for name in schema.features if cats.is_text(splits.train[name])}
+    empty = [name for name, vocab in vocabularies.items() if not vocab]
+    if empty:
+        raise DataError(f"categorical feature {empty[0]!r} has no values in the training rows, so it has no "
+                        "categories to learn; add rows or drop the column")
+    dims = {name: cats.embedding_dim(len(vocab)) for name, vocab in vocabularies.items() if len(vocab) > cfg.embed_above}
+    return Splits(splits.train, splits.val, splits.test, replace(schema, categories=vocabularies, embedding_dims=dims))
+
+
+def categories_line(splits: Splits) -> str | None:
+    """One console line on the categorical features and how the model encodes them; None without any."""
+    schema = splits.schema
+    if not schema.categories:
+        return None
+    parts = []
+    for name, vocab in schema.categories.items():
+        seen = splits.train[name].nunique()
+        folded = f", {seen - len(vocab)} rarer ones out-of-vocabulary" if seen > len(vocab) else ""
+        encoding = (f"embedded in {schema.embedding_dims[name]} dims" if name in schema.embedding_dims else "one-hot")
+        parts.append(f"{name} ({len(vocab)} categories{folded}, {encoding})")
+    return f"categorical feature(s): {'; '.join(parts)}"
+
+
+def dropped_line(schema: Schema, threshold: float) -> str | None:
+    """One console line on the features `split` dropped as near-constant; None when it dropped none."""
+    if not schema.dropped:
+        return None
+    reasons = "; ".join(f"{name}: {why}" for name, why in schema.dropped.items())
+    return f"dropped near-constant feature(s) (split.near_constant: {threshold:g}): {reasons}"
+
+
 def impute(splits: Splits) -> Splits:
     """Fill missing feature values with the schema's statistic of the *training* rows, in all three
     parts; the values travel with the model (its card) so the service fills the same way."""
     schema = splits.schema
     if schema.impute == "none":
         return splits
-    values = splits.train[schema.features].agg(schema.impute)
+    numeric = [name for name in schema.features if name not in schema.categories]
+    values = splits.train[numeric].agg(schema.impute)
     empty = values[values.isna()]
     if len(empty):
         raise DataError(f"feature column {empty.index[0]!r} has no values in the training rows, so there is "
@@ -263,7 +363,9 @@ def impute(splits: Splits) -> Splits:
                         "or drop the column")
     fill = {name: float(value) for name, value in values.items()}
     filled = (part.fillna(fill) for part in (splits.train, splits.val, splits.test))
-    return Splits(*filled, replace(schema, fill_values=fill))
+    # A missing category stays missing in the table; its model index is 0, out-of-vocabulary.
+    fill |= {name: 0.0 for name in schema.categories}
+    return Splits(*filled, replace(schema, fill_values={name: fill[name] for name in schema.features}))
 
 
 @dataclass(frozen=True)
@@ -318,8 +420,10 @@ def development_folds(splits: Splits, folds: int, seed: int) -> list[Fold]:
 
 
 def features_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (n, n_features) inputs and (n, 1) targets: the value, or the class index."""
-    x = frame[schema.features].to_numpy(dtype=np.float32)
+    """float32 (n, n_features) inputs and (n, 1) targets: the value, or the class index. A categorical
+    feature's input is its category's index (pipeline/categories.py)."""
+    encoded = {name: cats.encode(frame[name], vocab) for name, vocab in schema.categories.items()}
+    x = frame[schema.features].assign(**encoded).to_numpy(dtype=np.float32)
     if schema.class_labels is None:
         y = frame[[schema.target]].to_numpy(dtype=np.float32)
     else:

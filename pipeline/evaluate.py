@@ -8,6 +8,8 @@ majority class and LogisticRegression.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +26,9 @@ import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.dummy import DummyClassifier  # noqa: E402
 from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV  # noqa: E402
+from sklearn.compose import ColumnTransformer  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
 
 from pipeline import runs_view, tracking  # noqa: E402
 from pipeline.artifacts import atomic_path, ensure_writable, write_json  # noqa: E402
@@ -168,13 +171,22 @@ def sklearn_baselines(splits: Splits, folds: int) -> dict[str, Predictor]:
     val when it is cross-validated (a bag learns from both)."""
     x, y = features_and_target(development_rows(splits, folds), splits.schema)
     if splits.schema.task == "regression":
-        linear = LinearRegression().fit(x, y[:, 0])
-        ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
+        linear = make_pipeline(one_hot(splits.schema, "passthrough"), LinearRegression()).fit(x, y[:, 0])
+        ridge = make_pipeline(one_hot(splits.schema, StandardScaler()), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
         return {"baseline_linear": linear.predict, "baseline_ridge": ridge.predict}
     labels = y[:, 0].astype(int)
     majority = DummyClassifier(strategy="most_frequent").fit(x, labels)
-    logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, labels)
+    logistic = make_pipeline(one_hot(splits.schema, StandardScaler()), LogisticRegression(max_iter=5000)).fit(x, labels)
     return {"baseline_majority": majority.predict_proba, "baseline_logistic": logistic.predict_proba}
+
+
+def one_hot(schema: Schema, numeric):
+    """A baseline's input step: the categorical features' indices one-hot encoded (an unseen index to
+    zeros, as in the network), the numeric ones through `numeric`; without categories, `numeric` alone."""
+    columns = [schema.features.index(name) for name in schema.categories]
+    if not columns:
+        return numeric
+    return ColumnTransformer([("categories", OneHotEncoder(handle_unknown="ignore"), columns)], remainder=numeric)
 
 
 def _rounded(metrics: dict) -> dict:
@@ -380,6 +392,8 @@ def main(params: Params, ws: Workspace) -> None:
 
     name, primary = params.tracking.registered_model, PRIMARY_METRIC[schema.task]
     compatibility = {"task": schema.task, "features": ",".join(schema.features)}
+    if schema.categories:  # the champion must read category indices the same way
+        compatibility["categories_sha256"] = hashlib.sha256(json.dumps(schema.categories, sort_keys=True).encode()).hexdigest()
     fair = fair_rows(current_champion(name), compatibility, fingerprint, test_ids, params.evaluate.min_fair_rows)
 
     def rescore(champion: keras.Model, rows: np.ndarray) -> tuple[float, float]:

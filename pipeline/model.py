@@ -39,9 +39,18 @@ LOSS = {"regression": keras.losses.MeanSquaredError, "binary": keras.losses.Bina
         "multiclass": keras.losses.SparseCategoricalCrossentropy}
 
 
+@dataclass(frozen=True)
+class CategoricalInput:
+    """An input column that holds a category index: 1..n_categories, 0 = out-of-vocabulary (pipeline/categories.py)."""
+
+    column: int
+    n_categories: int
+    embedding_dim: int = 0  # 0: one-hot encoded; else a learnt embedding this wide
+
+
 def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_outputs: int = 1,
                 x_train: np.ndarray | None = None, y_train: np.ndarray | None = None,
-                name: str = "mlp") -> keras.Model:
+                name: str = "mlp", categorical: tuple[CategoricalInput, ...] = ()) -> keras.Model:
     """[standardise] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
 
     With `x_train` given, the first layer standardises the features with the training split's mean
@@ -52,10 +61,13 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
     the loss of a target in the thousands (diabetes) is ~10^4 times its standardised value, which
     makes the L1/L2 penalties ~10^4 times weaker than on a unit-scale target (in effect off) and
     SGD's steps ~10^4 times larger.
+
+    With `categorical` columns, those columns are not standardised but one-hot encoded or embedded
+    inside the network (`encode_category`), so the exported model takes category indices.
     """
     regularizer = keras.regularizers.L1L2(l1=hp.l1, l2=hp.l2) if hp.l1 or hp.l2 else None
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_features,), name="features")]
-    if x_train is not None:
+    if x_train is not None and not categorical:
         layers.append(standardiser(x_train))
     for units in (hp.units_1, hp.units_2):
         layers.append(keras.layers.Dense(units, activation=hp.activation, kernel_regularizer=regularizer))
@@ -67,9 +79,49 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
         target_scale = unstandardiser(y_train)
         layers.append(target_scale)
         loss_weight = 1 / target_scale.scale[0] ** 2
-    model = keras.Sequential(layers, name=name)
+    if categorical:
+        model = _with_categories(layers, categorical, x_train, regularizer, name)
+    else:
+        model = keras.Sequential(layers, name=name)
     model.compile(optimizer=make_optimizer(hp), loss=LOSS[task](), loss_weights=loss_weight)
     return model
+
+
+def _with_categories(layers: list, categorical: tuple[CategoricalInput, ...], x_train: np.ndarray | None,
+                     regularizer, name: str) -> keras.Model:
+    """The network `layers` (input first) fed with the standardised numeric columns and the encoded categories."""
+    features = layers[0]
+    columns = {c.column for c in categorical}
+    numeric = [i for i in range(features.shape[1]) if i not in columns]
+    parts = []
+    if numeric:
+        values = keras.ops.take(features, numeric, axis=1)
+        parts.append(standardiser(x_train[:, numeric])(values) if x_train is not None else values)
+    parts.extend(encode_category(features, c, regularizer) for c in categorical)
+    hidden = keras.layers.Concatenate(name="inputs")(parts) if len(parts) > 1 else parts[0]
+    for layer in layers[1:]:
+        hidden = layer(hidden)
+    return keras.Model(features, hidden, name=name)
+
+
+def encode_category(features: keras.KerasTensor, c: CategoricalInput, regularizer) -> keras.KerasTensor:
+    """Column `c.column`'s category index as a one-hot vector or a learnt embedding; index 0
+    (out-of-vocabulary) encodes as zeros, so an unseen category adds nothing to the first layer.
+
+    Both are an Embedding lookup (an ONNX Gather): the one-hot table is a fixed identity matrix with a
+    zero row for index 0. Not CategoryEncoding or ops.one_hot: their constants become extra graph
+    inputs in the ONNX export. An index outside 0..n (never sent by the service) is clipped into it.
+    """
+    column = features[:, c.column : c.column + 1]
+    index = keras.ops.cast(keras.ops.clip(keras.ops.round(keras.ops.squeeze(column, 1)), 0, c.n_categories), "int32")
+    if c.embedding_dim:
+        table = keras.layers.Embedding(c.n_categories + 1, c.embedding_dim, embeddings_regularizer=regularizer,
+                                       name=f"embed_{c.column}")
+        return table(index) * keras.ops.cast(column >= 0.5, "float32")
+    table = keras.layers.Embedding(c.n_categories + 1, c.n_categories, trainable=False, name=f"onehot_{c.column}")
+    encoded = table(index)
+    table.set_weights([np.vstack([np.zeros((1, c.n_categories)), np.eye(c.n_categories)])])
+    return encoded
 
 
 MEMBER_PREFIX = "member_"

@@ -21,18 +21,36 @@ from pipeline.config import HyperParams, Params
 from pipeline.data import Fold, Schema, Splits, development_folds, features_and_target, read_splits
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
-from pipeline.model import EpochCallback, History, average, build_model, fit, member_name, save_model, seed_everything
+from pipeline.model import (
+    CategoricalInput,
+    EpochCallback,
+    History,
+    average,
+    build_model,
+    fit,
+    member_name,
+    save_model,
+    seed_everything,
+)
 
 MODEL_SHA256_TAG = "model_sha256"
 MODEL_URI_TAG = "model_uri"
 PROGRESS_EVERY_S = 30.0
 
 
+def categorical_inputs(schema: Schema) -> tuple[CategoricalInput, ...]:
+    """The schema's categorical features as model input columns: their vocabulary size and encoding."""
+    return tuple(CategoricalInput(schema.features.index(name), len(vocab), schema.embedding_dims.get(name, 0))
+                 for name, vocab in schema.categories.items())
+
+
 def model_for(hp: HyperParams, fold: Fold, schema: Schema, index: int, folds: int) -> keras.Model:
-    """The MLP for one fold: its task's output layer, features standardised on the fold's training rows."""
+    """The MLP for one fold: its task's output layer, numeric features standardised on the fold's training
+    rows, categorical ones encoded from their vocabulary."""
     x_train, y_train = fold.train
     name = member_name(index) if folds > 1 else "mlp"
-    return build_model(hp, x_train.shape[1], schema.task, schema.n_outputs, x_train, y_train, name=name)
+    return build_model(hp, x_train.shape[1], schema.task, schema.n_outputs, x_train, y_train, name=name,
+                       categorical=categorical_inputs(schema))
 
 
 def fit_fold(hp: HyperParams, fold: Fold, schema: Schema, index: int, params: Params, *, epochs: int,

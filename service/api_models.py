@@ -20,6 +20,7 @@ from operator import attrgetter
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BaseModel,
     ConfigDict,
@@ -27,6 +28,7 @@ from pydantic import (
     Strict,
     StrictInt,
     StrictStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,6 +40,13 @@ from pydantic_core import PydanticCustomError
 # and it keeps float32 arithmetic inside a trained MLP far from overflow, so a request
 # that passes validation gets finite predictions (a 200, not an error).
 MAX_ABS_FEATURE_VALUE = 1e15
+
+# A category sent to /predict may be at most this long (or as long as the longest one in the
+# vocabulary): an unseen category is answered, not refused, so its length must be bounded.
+MAX_CATEGORY_CHARS = 200
+
+# Categories named in a field's description (the OpenAPI spec); GET /metadata lists them all.
+DESCRIBED_CATEGORIES = 30
 
 # At most this many validation problems are spelled out in one error message.
 MAX_REPORTED_ERRORS = 5
@@ -111,13 +120,30 @@ class FeatureSpec(OpenAPIModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1)
-    min: FiniteFloat = Field(description="Smallest value seen in training.")
-    max: FiniteFloat = Field(description="Largest value seen in training.")
+    kind: Literal["numeric", "categorical"] = Field(
+        default="numeric", description="numeric: a number; categorical: a string, one of `categories`."
+    )
+    min: FiniteFloat | None = Field(default=None, description="Smallest value seen in training (numeric only).")
+    max: FiniteFloat | None = Field(default=None, description="Largest value seen in training (numeric only).")
+    categories: list[str] | None = Field(
+        default=None,
+        description="Categorical only: the vocabulary learnt on the training rows, in model index order "
+        "(the category at position i is model input i + 1; 0 is out-of-vocabulary). Another string is "
+        "answered too, and flagged in the answer's unseen_categories.",
+    )
 
     @model_validator(mode="after")
-    def _range_is_ordered(self):
-        if self.min > self.max:
-            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+    def _kind_needs(self):
+        if self.kind == "numeric":
+            if self.min is None or self.max is None or self.categories is not None:
+                raise ValueError(f"numeric feature {self.name!r} needs min and max, and no categories")
+            if self.min > self.max:
+                raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        else:
+            if not self.categories or self.min is not None or self.max is not None:
+                raise ValueError(f"categorical feature {self.name!r} needs categories, and no min or max")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"categorical feature {self.name!r}: categories must be unique")
         return self
 
 
@@ -258,7 +284,7 @@ class PredictRequestBase(StrictBody):
     """Exactly one of `x` / `records`; subclassed per card by `build_request_model`."""
 
     # Set by build_request_model: a record's values in card feature order.
-    record_values: ClassVar[Callable[[Any], list[float]]]
+    record_values: ClassVar[Callable[[Any], list[float | str | None]]]
 
     @model_validator(mode="before")
     @classmethod
@@ -278,8 +304,8 @@ class PredictRequestBase(StrictBody):
                 )
         return data
 
-    def feature_rows(self) -> list[list[float]]:
-        """The input rows, values in card feature order."""
+    def feature_rows(self) -> list[list[float | str | None]]:
+        """The input rows, values in card feature order (a string for a categorical feature)."""
         if self.x is not None:
             return self.x
         return [self.record_values(record) for record in self.records]
@@ -291,18 +317,31 @@ def build_request_model(
     """The /predict request model for this card: its features, its task, the row limit."""
     names = card.feature_names
     n = len(names)
-    value = FeatureValue if card.imputation is None else FeatureValue | None
-    record_model = _record_model(names, value)
-    example_row = [round((f.min + f.max) / 2, 6) for f in card.features]
-
-    row = Annotated[list[value], Field(min_length=n, max_length=n)]
+    nullable = card.imputation is not None
+    record_model = _record_model(card.features, nullable)
+    example_row = [
+        f.categories[0] if f.kind == "categorical" else round((f.min + f.max) / 2, 6)
+        for f in card.features
+    ]
+    categorical = [f for f in card.features if f.kind == "categorical"]
+    if categorical:
+        item = FeatureValue | _category_type(card.features)
+        item = item | None if nullable else item
+        row = Annotated[
+            list[item], Field(min_length=n, max_length=n), AfterValidator(_kinds_in_order(card.features))
+        ]
+        what = f"{n} value(s): a string for {_quoted(f.name for f in categorical)}, else a number"
+    else:
+        value = FeatureValue if not nullable else FeatureValue | None
+        row = Annotated[list[value], Field(min_length=n, max_length=n)]
+        what = f"{n} number(s)"
     annotations: dict[str, Any] = {"x": list[row], "records": list[record_model]}
     namespace: dict[str, Any] = {
         "x": Field(
             default=None,
             min_length=1,
             max_length=max_rows,
-            description=f"Rows of {n} number(s) in this feature order: {', '.join(names)}.",
+            description=f"Rows of {what} in this feature order: {', '.join(names)}.",
         ),
         "records": Field(
             default=None,
@@ -332,12 +371,59 @@ def build_request_model(
     return type("PredictRequest", (PredictRequestBase,), namespace)
 
 
-def _record_model(names: list[str], value: Any) -> type[FeatureRecordBase]:
+def _record_model(features: list[FeatureSpec], nullable: bool) -> type[FeatureRecordBase]:
     # Field names are positional (f0, f1, ...) and the card names are aliases, so any
     # feature name works, even one that clashes with a pydantic attribute.
-    annotations = {f"f{i}": Annotated[value, Field(alias=name)] for i, name in enumerate(names)}
+    annotations = {}
+    for i, feature in enumerate(features):
+        if feature.kind == "categorical":
+            value, description = _category_type([feature]), _categories_text(feature)
+        else:
+            value, description = FeatureValue, f"A number; trained on {feature.min:g} to {feature.max:g}."
+        annotations[f"f{i}"] = Annotated[
+            value | None if nullable else value, Field(alias=feature.name, description=description)
+        ]
     namespace = {"__annotations__": annotations, "__module__": __name__}
     return type("FeatureRecord", (FeatureRecordBase,), namespace)
+
+
+def category_max_chars(features: list[FeatureSpec]) -> int:
+    """The longest category string /predict accepts for these features."""
+    lengths = [len(c) for f in features if f.kind == "categorical" for c in f.categories]
+    return max([MAX_CATEGORY_CHARS, *lengths])
+
+
+def _category_type(features: list[FeatureSpec]) -> Any:
+    return Annotated[str, Strict(), StringConstraints(max_length=category_max_chars(features))]
+
+
+def _categories_text(feature: FeatureSpec) -> str:
+    shown = _quoted(feature.categories[:DESCRIBED_CATEGORIES])
+    more = len(feature.categories) - DESCRIBED_CATEGORIES
+    rest = f" and {more} more (GET /metadata lists them)" if more > 0 else ""
+    return (
+        f"A category (string): {shown}{rest}. Another string is answered as out-of-vocabulary "
+        "and flagged in unseen_categories."
+    )
+
+
+def _kinds_in_order(features: list[FeatureSpec]) -> Callable[[list], list]:
+    """An `x` row's check: a string exactly where the card has a categorical feature."""
+
+    def check(row: list) -> list:
+        for i, (value, feature) in enumerate(zip(row, features)):
+            if value is None:
+                continue
+            if feature.kind == "categorical" and not isinstance(value, str):
+                raise ValueError(
+                    f"position {i} is categorical feature {feature.name!r}: give its category as a "
+                    f"string (one of {_quoted(feature.categories[:5])}{', ...' if len(feature.categories) > 5 else ''}), not a number"
+                )
+            if feature.kind == "numeric" and isinstance(value, str):
+                raise ValueError(f"position {i} is numeric feature {feature.name!r}: give a number, not a string")
+        return row
+
+    return check
 
 
 def _list_getter(*attributes: str) -> Callable[[Any], list[float]]:
@@ -373,17 +459,27 @@ class PredictionInterval(OpenAPIModel):
     )
 
 
+UNSEEN_DESCRIPTION = (
+    "Models with categorical features only: per row, the categorical features whose category is not in "
+    "the card's vocabulary (never seen in training, or too rare to be kept): the model read them as "
+    "out-of-vocabulary, and the row is extrapolated; null for other models."
+)
+EXTRAPOLATED_DESCRIPTION = (
+    "Per row: true if any numeric feature lies outside its training range, or any categorical feature "
+    "holds a category outside the vocabulary (see unseen_categories)."
+)
+
+
 class RegressionAnswer(OpenAPIModel):
     predictions: list[float]
-    extrapolated: list[bool] = Field(
-        description="Per row: true if any feature lies outside its training range."
-    )
+    extrapolated: list[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
     interval: PredictionInterval
     imputed: list[list[str]] | None = Field(
         default=None,
         description="Models trained with imputation only: per row, the features whose null value "
         "was filled from the card's imputation values; null for other models.",
     )
+    unseen_categories: list[list[str]] | None = Field(default=None, description=UNSEEN_DESCRIPTION)
 
 
 class ClassificationAnswer(OpenAPIModel):
@@ -392,14 +488,13 @@ class ClassificationAnswer(OpenAPIModel):
         description="Per row, the probability of each class, in class_labels order."
     )
     class_labels: list[ClassLabel]
-    extrapolated: list[bool] = Field(
-        description="Per row: true if any feature lies outside its training range."
-    )
+    extrapolated: list[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
     imputed: list[list[str]] | None = Field(
         default=None,
         description="Models trained with imputation only: per row, the features whose null value "
         "was filled from the card's imputation values; null for other models.",
     )
+    unseen_categories: list[list[str]] | None = Field(default=None, description=UNSEEN_DESCRIPTION)
 
 
 class ErrorBody(OpenAPIModel):

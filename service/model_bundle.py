@@ -38,6 +38,7 @@ class Outputs:
     values: np.ndarray  # regression: predictions [n]; classification: probabilities [n, classes]
     extrapolated: np.ndarray  # bool [n]
     imputed: list[list[str]] | None = None  # per row, the features filled in (imputing models only)
+    unseen: list[list[str]] | None = None  # per row, the categories outside the vocabulary (categorical models only)
 
 
 class ModelBundle:
@@ -49,8 +50,16 @@ class ModelBundle:
         self._session = session
         self._input_name = session.get_inputs()[0].name
         self._output_names = [session.get_outputs()[0].name]
-        self._mins = np.array([f.min for f in card.features], dtype=np.float64)
-        self._maxs = np.array([f.max for f in card.features], dtype=np.float64)
+        # A categorical column holds a category index: no range to leave (unseen categories are flagged apart).
+        numeric = [f.kind == "numeric" for f in card.features]
+        self._mins = np.array([f.min if n else -np.inf for f, n in zip(card.features, numeric)], dtype=np.float64)
+        self._maxs = np.array([f.max if n else np.inf for f, n in zip(card.features, numeric)], dtype=np.float64)
+        # Per categorical feature (by position): category -> model index (1..n; 0 is out-of-vocabulary).
+        self._indices = {
+            i: {category: index for index, category in enumerate(f.categories, 1)}
+            for i, f in enumerate(card.features)
+            if f.kind == "categorical"
+        }
         self.class_labels: list = []
         if card.interval is not None:
             self._sorted_residuals = sorted(card.interval.abs_residuals)
@@ -91,7 +100,10 @@ class ModelBundle:
 
         # One real inference on the middle of the training range: proves the graph runs
         # (a symbolic input width too) and shows the output width the task needs.
-        probe = ((self._mins + self._maxs) / 2).astype(np.float32)[None, :]
+        probe = np.array(
+            [[1.0 if f.kind == "categorical" else (f.min + f.max) / 2 for f in self.card.features]],
+            dtype=np.float32,
+        )
         try:
             out = self._run(probe)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -145,13 +157,36 @@ class ModelBundle:
             imputed.append([names[i] for i in missing])
         return filled, imputed
 
-    def infer(self, rows: list[list[float | None]]) -> Outputs:
-        """Run validated rows (card feature order; null only for an imputing model) through the model."""
+    def encode_categories(self, rows: list[list]) -> tuple[list[list], list[list[str]] | None]:
+        """Rows with each category replaced by its model index (0 when it is not in the vocabulary),
+        and per row the features whose category was not (None for a model without categorical features).
+        A null stays null, for `fill_missing`."""
+        if not self._indices:
+            return rows, None
+        names = self.card.feature_names
+        encoded, unseen = [], []
+        for row in rows:
+            row, missed = list(row), []
+            for i, index in self._indices.items():
+                if row[i] is not None:
+                    row[i] = index.get(row[i], 0)
+                    if row[i] == 0:
+                        missed.append(names[i])
+            encoded.append(row)
+            unseen.append(missed)
+        return encoded, unseen
+
+    def infer(self, rows: list[list[float | str | None]]) -> Outputs:
+        """Run validated rows (card feature order; a string for a categorical feature; null only for an
+        imputing model) through the model."""
+        rows, unseen = self.encode_categories(rows)
         rows, imputed = self.fill_missing(rows)
         exact = np.asarray(rows, dtype=np.float64)
         # The range check uses the values as sent: 1.00000001 is outside [.., 1] even
         # though float32 would round it to 1.
         extrapolated = ((exact < self._mins) | (exact > self._maxs)).any(axis=1)
+        if unseen is not None:
+            extrapolated |= np.array([bool(missed) for missed in unseen])
         out = self._run(exact.astype(np.float32)).astype(np.float64)
         if self.card.task == "regression":
             values = out[:, 0]
@@ -159,7 +194,7 @@ class ModelBundle:
             values = np.column_stack([1.0 - out[:, 0], out[:, 0]])
         else:
             values = out
-        return Outputs(values=values, extrapolated=extrapolated, imputed=imputed)
+        return Outputs(values=values, extrapolated=extrapolated, imputed=imputed, unseen=unseen)
 
     def labels_for(self, probabilities: np.ndarray) -> list:
         if self.card.task == "binary":  # P(class 1) >= 0.5 -> class 1

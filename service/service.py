@@ -98,6 +98,7 @@ from api_models import (
     PredictionInterval,
     RegressionAnswer,
     build_request_model,
+    category_max_chars,
     describe_validation_errors,
 )
 from http_gate import HttpGate, RequestTimeout, h11_send_400_json, routed
@@ -206,16 +207,26 @@ PredictRequest = build_request_model(
 PredictAnswer = RegressionAnswer if IS_REGRESSION else ClassificationAnswer
 
 _feature_list = ", ".join(CARD.feature_names)
+_categorical = [f.name for f in CARD.features if f.kind == "categorical"]
+_numbers = f"finite numbers with |value| <= {MAX_ABS_FEATURE_VALUE:g}"
+_values = (
+    f"values are {_numbers}, except for the categorical feature(s) {', '.join(_categorical)}: strings "
+    f"of at most {category_max_chars(CARD.features)} characters (GET /metadata lists the categories)"
+    if _categorical
+    else f"values are {_numbers}"
+)
 ERROR_HINTS = {
     "x": (
         f"x is a list of 1 to {SETTINGS.max_rows} rows; each row is a list of "
+        f"{BUNDLE.n_features} value(s) in this order: {_feature_list}; {_values}"
+        if _categorical
+        else f"x is a list of 1 to {SETTINGS.max_rows} rows; each row is a list of "
         f"{BUNDLE.n_features} finite number(s) with |value| <= {MAX_ABS_FEATURE_VALUE:g}, "
         f"in this order: {_feature_list}"
     ),
     "records": (
         f"records is a list of 1 to {SETTINGS.max_rows} objects, each with exactly these "
-        f"keys: {_feature_list}; values are finite numbers with "
-        f"|value| <= {MAX_ABS_FEATURE_VALUE:g}"
+        f"keys: {_feature_list}; {_values}"
     ),
     "coverage": "coverage is a number strictly between 0 and 1",
 }
@@ -290,6 +301,7 @@ class MLPService:
             predictions=predictions.tolist(),
             extrapolated=outputs.extrapolated.tolist(),
             imputed=outputs.imputed,
+            unseen_categories=outputs.unseen,
             interval=interval,
         )
 
@@ -311,6 +323,7 @@ class MLPService:
             class_labels=self.bundle.class_labels,
             extrapolated=outputs.extrapolated.tolist(),
             imputed=outputs.imputed,
+            unseen_categories=outputs.unseen,
         )
 
 

@@ -72,7 +72,7 @@ SIX = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 @pytest.mark.parametrize(("table", "target", "impute", "message"), [
     ({"x": SIX, "y": SIX}, "price", "none", "target column 'price' not found; columns are: x, y"),
-    ({"x": [1.0, "two", *SIX[2:]], "y": SIX}, "y", "none", "feature column 'x' is not numeric: row 1 holds 'two'"),
+    ({"x": [1.0, "two", *SIX[2:]], "y": SIX}, "y", "none", "feature column 'x' holds numbers but row 1 holds 'two'; fix the value, or list"),
     ({"x": [1.0, None, *SIX[2:]], "y": SIX}, "y", "none", "feature column 'x' has a missing value in row 1"),
     ({"x": SIX, "y": [1.0, None, *SIX[2:]]}, "y", "none", "target column 'y' has a missing value in row 1"),
     ({"x": SIX, "y": [1.0, None, *SIX[2:]]}, "y", "median", "target column 'y' has a missing value in row 1"),

@@ -79,7 +79,8 @@ def test_the_card_is_valid_for_the_service_and_carries_the_fill_values(fitted):
     card = model_card("line-mlp", splits, {"rmse": 0.1}, interval_spec(model, splits, PARAMS), run, "f00d")
     parsed = ModelCard.model_validate(json.loads(json.dumps(card)))
     assert parsed.name == "line-mlp" and parsed.imputation is None and parsed.split_fingerprint == "f00d"
-    assert card["features"] == [{"name": "x", "min": splits.train["x"].min(), "max": splits.train["x"].max()}]
+    assert card["features"] == [{"name": "x", "kind": "numeric", "min": splits.train["x"].min(),
+                                 "max": splits.train["x"].max()}]
     x = np.arange(30.0)
     x[4] = np.nan
     table, schema = prepare(pd.DataFrame({"x": x, "y": np.arange(30.0) * 2}), "y", None, "regression", "mean")

@@ -32,7 +32,7 @@ def test_export_matches_keras_far_outside_the_training_range(model, tmp_path):
 
 def test_an_export_that_differs_from_keras_stops_the_stage(model, tmp_path, monkeypatch):
     monkeypatch.setattr(package, "PARITY_TOLERANCE", -1.0)  # any gap, even 0, is now too large
-    with pytest.raises(PipelineError, match=r"package: ONNX export differs from Keras by .* \(allowed -1\)"):
+    with pytest.raises(PipelineError, match=r"package: ONNX export differs from Keras by .* relative; allowed -1 of max\(1, \|output\|\)"):
         package.export_onnx(model, tmp_path / "model.onnx", np.zeros((3, 2), np.float32))
 
 
