@@ -35,6 +35,7 @@ from pipeline.study_attrs import DEADLINE_ATTR, TARGET_ATTR, WORKER_ATTR
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = optuna.trial.TrialState.RUNNING
+COMPLETE = optuna.trial.TrialState.COMPLETE
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 HEARTBEAT_INTERVAL_S = 10  # env TUNE_HEARTBEAT_INTERVAL; a trial silent for 3 intervals counts as lost
 MAX_RETRY = 2  # a lost trial is queued again (same hyperparameters) at most this many times
@@ -210,11 +211,12 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStor
                 storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id(trial)))
 
 
-def out_of_time(study_attrs: dict) -> bool:
+def out_of_time(study_attrs: dict, states: Counter) -> bool:
     """Whether the stage's time budget (tune.timeout_minutes, shared through the study) is spent: as with
-    Optuna's own `optimize(timeout=...)`, no trial starts after it, and running ones finish."""
+    Optuna's own `optimize(timeout=...)`, no trial starts after it and running ones finish, but only once a
+    trial has completed, so that the stage always has one to hand train."""
     deadline = study_attrs.get(DEADLINE_ATTR)
-    return deadline is not None and time.time() >= deadline
+    return deadline is not None and time.time() >= deadline and states[COMPLETE] > 0
 
 
 def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
@@ -230,7 +232,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
         states = Counter(t.state for t in study.get_trials(deepcopy=False))
         attrs = study.user_attrs
         if sum(states[s] for s in FINISHED) + states[RUNNING] >= attrs.get(TARGET_ATTR, default_target) \
-                or out_of_time(attrs):
+                or out_of_time(attrs, states):
             return None, states
         trial = study.ask()  # a queued (retried) trial first, else a new one
         storage.record_heartbeat(trial_id(trial))  # before the lock is released: a trial is never without one
@@ -282,7 +284,8 @@ def run_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, objecti
         trial, states = next_trial(study, storage, n_trials)
         if trial is None:
             attrs = study.user_attrs
-            if not states[RUNNING] and (out_of_time(attrs) or sum(states[s] for s in FINISHED) >= attrs.get(TARGET_ATTR, n_trials)):
+            target_reached = sum(states[s] for s in FINISHED) >= attrs.get(TARGET_ATTR, n_trials)
+            if not states[RUNNING] and (target_reached or out_of_time(attrs, states)):
                 return done
             if states[RUNNING] != waiting_for:
                 waiting_for = states[RUNNING]

@@ -97,9 +97,18 @@ def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     return optuna.TrialPruned(reason)
 
 
+def trial_rows(splits: Splits, params: Params) -> Splits:
+    """The rows trials fit and validate on: all of them, or tune.sample_rows of them (said in one line)."""
+    sample = sample_development(splits, params.tune.sample_rows, params.tune.seed)
+    if sample is not splits:
+        print(f"tune: trials fit and validate on a sample of {len(sample.train) + len(sample.val):,} of the"
+              f" {len(splits.train) + len(splits.val):,} train + val rows (tune.sample_rows); train uses them all",
+              flush=True)
+    return sample
+
+
 def make_objective(splits: Splits, params: Params):
-    folds = development_folds(sample_development(splits, params.tune.sample_rows, params.tune.seed),
-                              params.split.folds, params.split.seed)
+    folds = development_folds(splits, params.split.folds, params.split.seed)
     cfg = params.tune
 
     def objective(trial: optuna.Trial) -> float:
@@ -167,7 +176,7 @@ def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) ->
     target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
     progress = ProgressBar(target, min(finished_trials(study), target), deadline=study.user_attrs.get(DEADLINE_ATTR))
     try:
-        done = run_trials(study, storage, make_objective(splits, params), params.tune.n_trials, [logger, progress])
+        done = run_trials(study, storage, make_objective(trial_rows(splits, params), params), params.tune.n_trials, [logger, progress])
     finally:
         progress.close()
     if params.tune.timeout_minutes is not None and finished_trials(study) < target:
