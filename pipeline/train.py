@@ -3,8 +3,6 @@ networks on cross-validation folds of train + val), logged to MLflow."""
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from mlflow.models import infer_signature
 from pipeline import tracking
 from pipeline.artifacts import atomic_path, ensure_writable, file_sha256
 from pipeline.config import HyperParams, Params
+from pipeline.console import EpochProgress
 from pipeline.data import Fold, Schema, Splits, development_folds, features_and_target, read_splits
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
@@ -35,7 +34,6 @@ from pipeline.model import (
 
 MODEL_SHA256_TAG = "model_sha256"
 MODEL_URI_TAG = "model_uri"
-PROGRESS_EVERY_S = 30.0
 
 
 def categorical_inputs(schema: Schema) -> tuple[CategoricalInput, ...]:
@@ -80,37 +78,6 @@ def train(splits: Splits, hp: HyperParams, params: Params) -> tuple[keras.Model,
     return (members[0] if len(members) == 1 else average(members)), histories
 
 
-class EpochProgress:
-    """An epoch callback printing one line every PROGRESS_EVERY_S seconds (none on a fit that is quicker): the epoch,
-    the best so far and an ETA. Early stopping makes the end uncertain, so the line gives both bounds: when training
-    stops if the validation loss improves no more, and when it stops at the latest (train.epochs)."""
-
-    def __init__(self, label: str, epochs: int, patience: int, min_epochs: int, every_s: float = PROGRESS_EVERY_S,
-                 stream=None):
-        self.label, self.epochs, self.patience, self.min_epochs, self.every_s = label, epochs, patience, min_epochs, every_s
-        self.stream = stream or sys.stdout
-        self.started = self.last_line = time.monotonic()
-        self.best_loss, self.best_epoch = math.inf, 0
-
-    def __call__(self, epoch: int, _train_loss: float, val_loss: float | None) -> bool:
-        if val_loss is not None and val_loss < self.best_loss:
-            self.best_loss, self.best_epoch = val_loss, epoch
-        now = time.monotonic()
-        if now - self.last_line >= self.every_s:
-            self.last_line = now
-            print(self.line(epoch, (now - self.started) / epoch), file=self.stream, flush=True)
-        return False
-
-    def line(self, epoch: int, seconds_per_epoch: float) -> str:
-        latest = f"at most {(self.epochs - epoch) * seconds_per_epoch:.0f} s left (epoch {self.epochs})"
-        if not self.patience or self.best_epoch == 0:
-            return f"{self.label}: epoch {epoch}/{self.epochs}, {seconds_per_epoch:.2f} s/epoch, {latest}"
-        stop = min(self.epochs, max(self.min_epochs, self.best_epoch + self.patience))
-        return (f"{self.label}: epoch {epoch}/{self.epochs}, best validation loss {self.best_loss:.5g} at epoch"
-                f" {self.best_epoch}, {seconds_per_epoch:.2f} s/epoch; ETA {max(0, stop - epoch) * seconds_per_epoch:.0f} s"
-                f" if it improves no more (epoch {stop}), {latest}")
-
-
 def learning_curve(histories: list[History]) -> pd.DataFrame:
     """Per epoch: training and validation loss, the mean over the networks still training at that
     epoch; for a bag also each member's own curves."""
@@ -138,7 +105,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
     x_example, _ = features_and_target(splits.train.head(5), splits.schema)
     best_epochs = [h.best_epoch or 0 for h in histories]
     with mlflow.start_run(run_name=run_name(hp, params.split.folds)) as run:
-        mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs,
+        mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs, "max_epoch_steps": params.train.max_epoch_steps,
                            "patience": params.train.patience, "min_epochs": params.train.min_epochs,
                            "seed": params.train.seed, "folds": params.split.folds})
         mlflow.set_tags({

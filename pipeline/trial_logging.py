@@ -44,7 +44,7 @@ def parent_run_id(study: optuna.Study, params: Params) -> str:
             run = mlflow.start_run(run_name=f"tune {study.study_name} ({params.tune.n_trials} trials)")
             mlflow.set_tags({"stage": "tune", "optuna_study": study.study_name})
             mlflow.log_params({"n_trials": params.tune.n_trials, "sampler": "TPE", "pruner": "median",
-                               "tune_seed": params.tune.seed})
+                               "tune_seed": params.tune.seed, "sample_rows": params.tune.sample_rows})
             mlflow.log_dict(params.tune.space.model_dump(), "search_space.json")
             mlflow.end_run()
             run_id = run.info.run_id
