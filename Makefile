@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup system-deps run experiments test test-fast bench ui serve container-test fuzz soak infra-up infra-down clean
+.PHONY: help setup system-deps run experiments test test-fast bench bench-scale ui serve container-test fuzz soak infra-up infra-down clean
 
 .DEFAULT_GOAL := help
 
@@ -60,6 +60,10 @@ bench: setup
 	python bench/train_speed.py
 	python bench/quality.py
 	python bench/datasets.py
+
+## bench-scale: the whole dvc repro on 10k, 100k and 1M rows against HistGradientBoosting (about 20 min on 2 cores)
+bench-scale: setup
+	python bench/scale.py $(SCALE_ARGS)
 
 ## serve: serve the bento `make run` built (models/bento.json) on http://127.0.0.1:3000 (POST /predict, GET /metadata)
 serve: setup

@@ -134,6 +134,8 @@ class TrainConfig(_Strict):
     patience: int = Field(ge=0, description="epochs without a better validation loss; 0 = no early stopping")
     min_epochs: int = Field(ge=0, description="early stopping never stops before this epoch; epochs still caps the run")
     seed: int = Field(ge=0)
+    max_epoch_steps: int | None = Field(default=200, ge=1, le=10_000_000, description="an epoch is one pass over the "
+                                        "training rows or this many mini-batch steps, whichever is fewer; null = a pass")
 
     @model_validator(mode="after")
     def _epochs_reach_min_epochs(self) -> TrainConfig:
@@ -198,6 +200,10 @@ class TuneConfig(_Strict):
     space: SearchSpace
     select: Selection = Field(default="best", description="which finished trial train gets: best = the lowest mean "
                               "validation loss; one_se = the most regularised within one standard error of it")
+    sample_rows: int | None = Field(default=10_000, ge=100, le=100_000_000, description="trials fit and validate on a "
+                                    "seeded sample of at most this many train + validation rows; null = all rows")
+    timeout_minutes: float | None = Field(default=None, gt=0, le=10_000, allow_inf_nan=False, description="no trial starts after this "
+                                          "many minutes of the stage; null = no time budget")
 
 
 class EvaluateConfig(_Strict):

@@ -381,6 +381,21 @@ def development_rows(splits: Splits, folds: int) -> pd.DataFrame:
     return splits.train if folds == 1 else pd.concat([splits.train, splits.val])
 
 
+def sample_development(splits: Splits, max_rows: int | None, seed: int) -> Splits:
+    """At most `max_rows` train + validation rows, each part cut in its own proportion by a seeded draw (rows
+    keep their order); the test rows are left alone. Tables within the limit come back as they are."""
+    n_train, n_val = len(splits.train), len(splits.val)
+    if max_rows is None or n_train + n_val <= max_rows:
+        return splits
+    rng = np.random.default_rng(seed)
+    keep_train = max(2, round(max_rows * n_train / (n_train + n_val)))
+
+    def rows(part: pd.DataFrame, n: int) -> pd.DataFrame:
+        return part.iloc[np.sort(rng.choice(len(part), size=n, replace=False))]
+
+    return replace(splits, train=rows(splits.train, keep_train), val=rows(splits.val, max(2, max_rows - keep_train)))
+
+
 def development_folds(splits: Splits, folds: int, seed: int) -> list[Fold]:
     """`folds` = 1: the split's own train and validation parts. k >= 2: train and validation pooled and
     cut into k shuffled folds (stratified by class for classification), so every development row is

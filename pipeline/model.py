@@ -206,6 +206,7 @@ def fit(
     epochs: int,
     patience: int,
     min_epochs: int = 0,
+    max_epoch_steps: int | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> History:
     """Mini-batch training in `model.fit`'s row order; early stopping restores the best weights.
@@ -218,11 +219,17 @@ def fit(
     optimiser whose best epoch is the 8th keeps it. The reported training
     loss of an epoch is the batch-size-weighted mean data loss over its batches, as Keras reports it
     (times the compiled loss weight; the regularisation penalty is optimised but not included).
+
+    An epoch is one pass over the rows, or `max_epoch_steps` mini-batches if a pass has more: then
+    each epoch takes the next slice of batches of the same row order (wrapping round), so a big
+    table is still visited row by row, but patience, min_epochs and the validation checks count
+    the same amount of work at any size. When a pass fits in the limit nothing changes.
     """
     x_train, y_train = (tf.constant(a, dtype=tf.float32) for a in train)
     n_rows = int(x_train.shape[0])
     batch_size = min(hp.batch_size, n_rows)
     n_batches = math.ceil(n_rows / batch_size)
+    epoch_steps = min(n_batches, max_epoch_steps or n_batches)
     loss_fn = weighted_loss(model)
     optimizer = model.optimizer
     variables = model.trainable_variables
@@ -236,12 +243,15 @@ def fit(
         return loss * tf.cast(tf.shape(rows)[0], tf.float32)
 
     @tf.function(autograph=False)
-    def run_epoch(order: tf.Tensor) -> tf.Tensor:
-        def body(step, total):
-            return step + 1, total + train_step(order[step * batch_size : (step + 1) * batch_size])
+    def run_epoch(order: tf.Tensor, first: tf.Tensor) -> tf.Tensor:
+        def body(step, total, rows):
+            batch = (first + step) % n_batches
+            indices = order[batch * batch_size : (batch + 1) * batch_size]
+            return step + 1, total + train_step(indices), rows + tf.shape(indices)[0]
 
-        _, total = tf.while_loop(lambda step, _: step < n_batches, body, (tf.constant(0), tf.constant(0.0)))
-        return total / n_rows
+        _, total, rows = tf.while_loop(lambda step, *_: step < epoch_steps, body,
+                                       (tf.constant(0), tf.constant(0.0), tf.constant(0)))
+        return total / tf.cast(rows, tf.float32)
 
     if val is not None:
         x_val, y_val = (tf.constant(a, dtype=tf.float32) for a in val)
@@ -254,7 +264,7 @@ def fit(
     history = History()
     best_loss, best_weights, waited = math.inf, None, 0
     for epoch in range(1, epochs + 1):
-        train_loss = float(run_epoch(order))
+        train_loss = float(run_epoch(order, tf.constant((epoch - 1) * epoch_steps % n_batches)))
         val_loss = float(val_loss_of()) if val is not None else None
         history.train_loss.append(train_loss)
         if val_loss is not None:

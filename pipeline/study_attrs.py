@@ -8,6 +8,7 @@ list keeps writers and readers agreeing; renaming a value orphans what existing 
 """
 
 TARGET_ATTR = "n_trials"  # study: the stage's tune.n_trials, which workers run the study up to
+DEADLINE_ATTR = "deadline"  # study: Unix time after which no trial starts (tune.timeout_minutes from the stage's start); None = no budget
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study: the search's MLflow parent run, created by whichever process came first
 WORKER_ATTR = "worker"  # trial: host:pid of the process that ran it
 EPOCHS_RUN_ATTR = "epochs_run"  # trial: epochs trained over its folds so far

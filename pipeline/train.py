@@ -16,6 +16,7 @@ from mlflow.models import infer_signature
 from pipeline import tracking
 from pipeline.artifacts import atomic_path, ensure_writable, file_sha256
 from pipeline.config import HyperParams, Params
+from pipeline.console import EpochProgress
 from pipeline.data import Fold, Schema, Splits, development_folds, features_and_target, read_splits
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
@@ -58,7 +59,7 @@ def fit_fold(hp: HyperParams, fold: Fold, schema: Schema, index: int, params: Pa
     seed_everything(params.train.seed + index)
     model = model_for(hp, fold, schema, index, params.split.folds)
     history = fit(model, hp, fold.train, fold.val, epochs=epochs, patience=patience, min_epochs=min_epochs,
-                  on_epoch=on_epoch)
+                  max_epoch_steps=params.train.max_epoch_steps, on_epoch=on_epoch)
     return model, history
 
 
@@ -66,9 +67,12 @@ def train(splits: Splits, hp: HyperParams, params: Params) -> tuple[keras.Model,
     """Fit `hp` on each fold, early-stopped on its held-out rows: one network (split.folds = 1), or
     a bag of split.folds networks whose outputs are averaged."""
     members, histories = [], []
+    cfg = params.train
     for index, fold in enumerate(development_folds(splits, params.split.folds, params.split.seed)):
-        model, history = fit_fold(hp, fold, splits.schema, index, params, epochs=params.train.epochs,
-                                  patience=params.train.patience, min_epochs=params.train.min_epochs)
+        progress = EpochProgress(f"train{f' network {index + 1}/{params.split.folds}' if params.split.folds > 1 else ''}",
+                                 cfg.epochs, cfg.patience, cfg.min_epochs)
+        model, history = fit_fold(hp, fold, splits.schema, index, params, epochs=cfg.epochs,
+                                  patience=cfg.patience, min_epochs=cfg.min_epochs, on_epoch=progress)
         members.append(model)
         histories.append(history)
     return (members[0] if len(members) == 1 else average(members)), histories
@@ -101,7 +105,7 @@ def log_run(model, histories: list[History], curve: pd.DataFrame, hp: HyperParam
     x_example, _ = features_and_target(splits.train.head(5), splits.schema)
     best_epochs = [h.best_epoch or 0 for h in histories]
     with mlflow.start_run(run_name=run_name(hp, params.split.folds)) as run:
-        mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs,
+        mlflow.log_params({**hp.model_dump(), "epochs": params.train.epochs, "max_epoch_steps": params.train.max_epoch_steps,
                            "patience": params.train.patience, "min_epochs": params.train.min_epochs,
                            "seed": params.train.seed, "folds": params.split.folds})
         mlflow.set_tags({

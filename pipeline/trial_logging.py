@@ -44,7 +44,7 @@ def parent_run_id(study: optuna.Study, params: Params) -> str:
             run = mlflow.start_run(run_name=f"tune {study.study_name} ({params.tune.n_trials} trials)")
             mlflow.set_tags({"stage": "tune", "optuna_study": study.study_name})
             mlflow.log_params({"n_trials": params.tune.n_trials, "sampler": "TPE", "pruner": "median",
-                               "tune_seed": params.tune.seed})
+                               "tune_seed": params.tune.seed, "sample_rows": params.tune.sample_rows})
             mlflow.log_dict(params.tune.space.model_dump(), "search_space.json")
             mlflow.end_run()
             run_id = run.info.run_id
@@ -139,9 +139,9 @@ class ProgressBar:
     """Trials done, best value so far, elapsed time: a redrawn bar on a terminal; elsewhere (CI, `dvc repro > log`)
     a plain line at every tenth of the search, as a redrawn bar there would print nothing until the end."""
 
-    def __init__(self, total: int, done: int, stream=None):
+    def __init__(self, total: int, done: int, stream=None, deadline: float | None = None):
         self.stream = stream or sys.stderr
-        self.total, self.started = total, time.monotonic()
+        self.total, self.started, self.initial, self.deadline = total, time.monotonic(), done, deadline
         self.interactive = self.stream.isatty()
         self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial", file=self.stream,
                         disable=not self.interactive)
@@ -157,8 +157,18 @@ class ProgressBar:
         if not self.interactive and (done >= self.next_line or done == self.total):
             self.next_line = (done // self.step + 1) * self.step
             lowest = f", lowest validation loss {best:.5g}" if best is not None else ""
-            print(f"tune: {done}/{self.total} trials finished{lowest}, {time.monotonic() - self.started:.0f} s",
-                  file=self.stream, flush=True)
+            print(f"tune: {done}/{self.total} trials finished{lowest}, {time.monotonic() - self.started:.0f} s"
+                  f"{self.eta(done)}", file=self.stream, flush=True)
+
+    def eta(self, done: int) -> str:
+        """", ETA n s": the trials left at this run's pace so far, or the time budget left if that ends first."""
+        elapsed, ran = time.monotonic() - self.started, done - self.initial
+        if done >= self.total or ran <= 0:
+            return ""
+        left = elapsed / ran * (self.total - done)
+        if self.deadline is not None and self.deadline - time.time() < left:
+            return f", ETA {max(0.0, self.deadline - time.time()):.0f} s (time budget) + running trials"
+        return f", ETA {left:.0f} s"
 
     def close(self) -> None:
         self.bar.close()

@@ -30,11 +30,12 @@ import optuna
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.optuna_private import trial_id
-from pipeline.study_attrs import TARGET_ATTR, WORKER_ATTR
+from pipeline.study_attrs import DEADLINE_ATTR, TARGET_ATTR, WORKER_ATTR
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = optuna.trial.TrialState.RUNNING
+COMPLETE = optuna.trial.TrialState.COMPLETE
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 HEARTBEAT_INTERVAL_S = 10  # env TUNE_HEARTBEAT_INTERVAL; a trial silent for 3 intervals counts as lost
 MAX_RETRY = 2  # a lost trial is queued again (same hyperparameters) at most this many times
@@ -210,19 +211,28 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStor
                 storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id(trial)))
 
 
+def out_of_time(study_attrs: dict, states: Counter) -> bool:
+    """Whether the stage's time budget (tune.timeout_minutes, shared through the study) is spent: as with
+    Optuna's own `optimize(timeout=...)`, no trial starts after it and running ones finish, but only once a
+    trial has completed, so that the stage always has one to hand train."""
+    deadline = study_attrs.get(DEADLINE_ATTR)
+    return deadline is not None and time.time() >= deadline and states[COMPLETE] > 0
+
+
 def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
                default_target: int) -> tuple[optuna.Trial | None, Counter]:
     """Under the storage lock: fail running trials whose heartbeats stopped or whose process here is gone (queueing
     them again), then take a queued trial or a new one if the study has fewer finished + running trials than its
-    target."""
+    target and its time budget is not spent."""
     with storage_lock(storage.url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         fail_dead_local_trials(study, storage)
         optuna.storages.fail_stale_trials(study)
         states = Counter(t.state for t in study.get_trials(deepcopy=False))
-        target = study.user_attrs.get(TARGET_ATTR, default_target)
-        if sum(states[s] for s in FINISHED) + states[RUNNING] >= target:
+        attrs = study.user_attrs
+        if sum(states[s] for s in FINISHED) + states[RUNNING] >= attrs.get(TARGET_ATTR, default_target) \
+                or out_of_time(attrs, states):
             return None, states
         trial = study.ask()  # a queued (retried) trial first, else a new one
         storage.record_heartbeat(trial_id(trial))  # before the lock is released: a trial is never without one
@@ -267,13 +277,15 @@ def run_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: o
 
 def run_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, objective, n_trials: int,
                callbacks: list) -> int:
-    """Take trials until the study has its target of finished trials and none running (any number of processes may
-    do this at once); return how many this process finished. `callbacks[0]` also logs a trial that failed here."""
+    """Take trials until the study has its target of finished trials (or its time budget is spent) and none running
+    (any number of processes may do this at once); return how many this process finished. `callbacks[0]` also logs a trial that failed here."""
     done, waiting_for = 0, 0
     while True:
         trial, states = next_trial(study, storage, n_trials)
         if trial is None:
-            if sum(states[s] for s in FINISHED) >= study.user_attrs.get(TARGET_ATTR, n_trials) and not states[RUNNING]:
+            attrs = study.user_attrs
+            target_reached = sum(states[s] for s in FINISHED) >= attrs.get(TARGET_ATTR, n_trials)
+            if not states[RUNNING] and (target_reached or out_of_time(attrs, states)):
                 return done
             if states[RUNNING] != waiting_for:
                 waiting_for = states[RUNNING]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -30,12 +31,12 @@ import optuna
 from pipeline import tracking
 from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
-from pipeline.data import Splits, development_folds, read_splits
+from pipeline.data import Splits, development_folds, read_splits, sample_development
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
 from pipeline.imports import closure, module_file
 from pipeline.sampling import ResumableTPESampler
-from pipeline.study_attrs import EPOCHS_RUN_ATTR, FOLD_LOSSES_ATTR, PRUNED_BECAUSE_ATTR, TARGET_ATTR
+from pipeline.study_attrs import DEADLINE_ATTR, EPOCHS_RUN_ATTR, FOLD_LOSSES_ATTR, PRUNED_BECAUSE_ATTR, TARGET_ATTR
 from pipeline.train import fit_fold
 from pipeline.trial_logging import MlflowTrialLogger, ProgressBar, parent_run_id
 from pipeline.trial_scheduling import LostTrials, finished_trials, join_study, open_storage, run_trials, storage_url
@@ -69,8 +70,9 @@ def suggest(trial: optuna.Trial, space: SearchSpace, base: HyperParams) -> Hyper
 
 def study_name(params: Params, ws: Workspace) -> str:
     """Same search settings, data and training code -> same study (resumed); anything else -> a new one."""
-    fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials", "select"}),
+    fingerprint = json.dumps({"tune": params.tune.model_dump(exclude={"storage", "n_trials", "select", "timeout_minutes"}),
                               "base": params.train.hyperparams.model_dump(), "split": params.split.model_dump(),
+                              "max_epoch_steps": params.train.max_epoch_steps,
                               "seed": params.train.seed, "data": file_sha256(ws.raw),
                               "code": [file_sha256(module_file(name)) for name in sorted(closure({__name__}))]},
                              sort_keys=True)
@@ -93,6 +95,16 @@ def smoothed_best(val_loss: list[float], window: int = SMOOTHING_EPOCHS) -> floa
 def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     trial.set_user_attr(PRUNED_BECAUSE_ATTR, reason)  # the trial's MLflow run carries it as a tag
     return optuna.TrialPruned(reason)
+
+
+def trial_rows(splits: Splits, params: Params) -> Splits:
+    """The rows trials fit and validate on: all of them, or tune.sample_rows of them (said in one line)."""
+    sample = sample_development(splits, params.tune.sample_rows, params.tune.seed)
+    if sample is not splits:
+        print(f"tune: trials fit and validate on a sample of {len(sample.train) + len(sample.val):,} of the"
+              f" {len(splits.train) + len(splits.val):,} train + val rows (tune.sample_rows); train uses them all",
+              flush=True)
+    return sample
 
 
 def make_objective(splits: Splits, params: Params):
@@ -146,6 +158,8 @@ def open_study(params: Params, ws: Workspace, storage: optuna.storages.RDBStorag
         return join_study(storage_url(params), **kwargs)
     study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
     study.set_user_attr(TARGET_ATTR, cfg.n_trials)
+    # Each run of the stage gets the whole budget from its own start; wall-clock time, as workers on other machines read it.
+    study.set_user_attr(DEADLINE_ATTR, None if cfg.timeout_minutes is None else time.time() + 60 * cfg.timeout_minutes)
     return study
 
 
@@ -160,11 +174,14 @@ def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) ->
     parent = parent_run_id(study, params)
     on_lost.log = logger = MlflowTrialLogger(parent, experiment_id, storage_url(params))
     target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
-    progress = ProgressBar(target, min(finished_trials(study), target))
+    progress = ProgressBar(target, min(finished_trials(study), target), deadline=study.user_attrs.get(DEADLINE_ATTR))
     try:
-        done = run_trials(study, storage, make_objective(splits, params), params.tune.n_trials, [logger, progress])
+        done = run_trials(study, storage, make_objective(trial_rows(splits, params), params), params.tune.n_trials, [logger, progress])
     finally:
         progress.close()
+    if params.tune.timeout_minutes is not None and finished_trials(study) < target:
+        print(f"tune: time budget spent (tune.timeout_minutes: {params.tune.timeout_minutes:g}) after"
+              f" {finished_trials(study)} of {target} trials; a re-run resumes the study", flush=True)
     if worker:
         print(f"tune --worker: ran {done} trial(s); study {study.study_name} has {finished_trials(study)} finished")
         return None

@@ -4,7 +4,6 @@ project (a committed `dvc repro`) that read-only checks share across the whole r
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,10 @@ import pytest
 import yaml
 from filelock import FileLock
 
+from devtools.project_copy import copy_project
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROJECT_FILES = ["pipeline", "service", "examples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
-                 "Dockerfile", ".dockerignore", ".dvc/plots.html",
-                 "pyproject.toml"]
 
 # Scheduling over pytest-xdist's workers (`--dist loadgroup --no-loadscope-reorder`): a file's tests run on one
 # worker, so its module-scoped servers, stores and image are made once; except in the files listed in
@@ -92,14 +90,7 @@ class Project:
 
 
 def make_project(path: Path, override: dict | None = None) -> Project:
-    path.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "bentoml"))
-        elif src.exists():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, path / name)
+    copy_project(path)
     project = Project(path)
     project.set_params(merge(TINY, override or {}))
     project.run("git", "init", "-q", "-b", "main")

@@ -38,6 +38,14 @@ def test_committed_params_are_valid_and_match_the_tutorial():
         ("tune", "select", "1se", ["tune.select", "'1se'", "'best' or 'one_se'"]),
         ("tune", "select", "one_se", ["tune.select: one_se", "needs split.folds >= 2 (got 1)"]),
         ("train", "epochs", 50, ["train.epochs (50) must be at least train.min_epochs (100)"]),
+        ("tune", "sample_rows", 10, ["tune.sample_rows", "greater than or equal to 100", "(got 10)"]),
+        ("tune", "sample_rows", "all", ["tune.sample_rows", "valid integer", "'all'"]),
+        ("tune", "sample_rows", 2.5e4, ["tune.sample_rows", "valid integer"]),
+        ("tune", "timeout_minutes", 0, ["tune.timeout_minutes", "greater than 0", "(got 0)"]),
+        ("tune", "timeout_minutes", float("nan"), ["tune.timeout_minutes", "finite number"]),
+        ("tune", "timeout_minutes", "5m", ["tune.timeout_minutes", "valid number", "'5m'"]),
+        ("train", "max_epoch_steps", 0, ["train.max_epoch_steps", "greater than or equal to 1", "(got 0)"]),
+        ("train", "max_epoch_steps", True, ["train.max_epoch_steps", "valid integer"]),
     ],
 )
 def test_bad_value_names_the_key_and_what_is_allowed(section, key, value, expected):
@@ -50,6 +58,16 @@ def test_bad_value_names_the_key_and_what_is_allowed(section, key, value, expect
     assert "\n" not in message
     for fragment in expected:
         assert fragment in message
+
+
+def test_budget_params_take_numbers_or_null():
+    raw = default_params()
+    raw["tune"].update(sample_rows=None, timeout_minutes=2.5)
+    raw["train"]["max_epoch_steps"] = None
+    params = parse_params(raw)
+    assert (params.tune.sample_rows, params.tune.timeout_minutes, params.train.max_epoch_steps) == (None, 2.5, None)
+    defaults = load_params(ROOT / "params.yaml")
+    assert (defaults.tune.sample_rows, defaults.tune.timeout_minutes, defaults.train.max_epoch_steps) == (10000, None, 200)
 
 
 def test_missing_section_is_named():

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import SplitConfig, load_params
 from pipeline.data import (DataError, development_folds, development_rows, features_and_target, load, row_ids,
-                           sample_fresh, split)
+                           sample_development, sample_fresh, split)
 from pipeline.data import generate_line as generate
 from tests.conftest import ROOT
 
@@ -49,6 +49,21 @@ def test_split_fractions_seed_and_disjointness():
     again = split(frame, schema, cfg)
     pd.testing.assert_frame_equal(parts.test, again.test)
     assert set(split(frame, schema, cfg.model_copy(update={"seed": 4})).test.index) != indices[2]
+
+
+def test_trials_sample_is_a_no_op_on_small_tables_and_a_seeded_proportional_subset_beyond():
+    """tune.sample_rows: a table within the limit is used as it is; a bigger one gives a seeded sample of its train and
+    validation rows in their own proportion and order, and the test rows are untouched."""
+    frame, schema = load(TUTORIAL)
+    parts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=3, folds=1))
+    assert sample_development(parts, 80, seed=0) is parts and sample_development(parts, None, seed=0) is parts
+    sample = sample_development(parts, 40, seed=0)
+    assert (len(sample.train), len(sample.val)) == (30, 10) and sample.test is parts.test
+    assert set(sample.train.index) < set(parts.train.index) and set(sample.val.index) < set(parts.val.index)
+    positions = parts.train.index.get_indexer(sample.train.index)
+    assert list(positions) == sorted(positions)
+    pd.testing.assert_frame_equal(sample.train, sample_development(parts, 40, seed=0).train)
+    assert set(sample_development(parts, 40, seed=1).train.index) != set(sample.train.index)
 
 
 def test_split_refuses_too_few_rows():

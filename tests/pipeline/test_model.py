@@ -196,3 +196,22 @@ def test_a_saved_model_s_bytes_depend_only_on_the_model(tmp_path):
     x = np.linspace(-1, 1, 10, dtype=np.float32).reshape(-1, 2)
     loaded = keras.saving.load_model(paths[0], safe_mode=True)
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+
+
+def test_a_step_budget_is_a_no_op_within_a_pass_and_slices_the_passes_beyond_it():
+    """train.max_epoch_steps: 100 rows at batch 16 are 7 steps a pass. A budget of 7 or more changes nothing; a budget
+    of 3 makes 7 epochs of 3 steps, which are the same 21 steps, in the same order, as 3 full passes."""
+    x, y = line_data(100)
+
+    def fitted(**kwargs):
+        seed_everything(3)
+        model = build_model(HP, 1)
+        history = fit(model, HP, (x, y), None, patience=0, **kwargs)
+        return model.get_weights(), history
+
+    reference, passes = fitted(epochs=3)
+    unchanged, same = fitted(epochs=3, max_epoch_steps=7)
+    sliced, slices = fitted(epochs=7, max_epoch_steps=3)
+    assert all(np.array_equal(a, b) for a, b in zip(reference, unchanged)) and same.train_loss == passes.train_loss
+    assert all(np.array_equal(a, b) for a, b in zip(reference, sliced))
+    assert slices.epochs_run == 7 and slices.train_loss[0] != passes.train_loss[0]  # the mean over 48 rows, not 100

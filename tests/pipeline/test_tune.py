@@ -13,7 +13,7 @@ from pipeline.data import load, split, write_frame
 from pipeline.errors import PipelineError
 from pipeline.trial_scheduling import storage_url
 from pipeline.paths import Workspace
-from pipeline.tune import main as tune_main, open_study, read_best_params
+from pipeline.tune import main as tune_main, open_study, read_best_params, trial_hyperparams
 
 WS = Workspace()  # the tests run in their own directory (chdir): the stores are relative to it
 from tests.conftest import ROOT, TINY, merge
@@ -231,3 +231,17 @@ def test_one_se_search_hands_train_the_chosen_trial_and_switching_rules_reuses_t
     assert (parent.data.metrics["best_trial"], parent.data.metrics["lowest_trial"]) == (5, best.number)
     children = [r for r in runs if r.data.tags.get("trial_state") == "complete"]
     assert children and all({"val_loss_fold_1", "val_loss_fold_2"} <= set(r.data.metrics) for r in children)
+
+
+def test_a_big_table_is_tuned_on_a_sample_within_the_time_budget(tmp_path, monkeypatch, capsys):
+    """tune.sample_rows and tune.timeout_minutes on 2,000 rows: trials see 300 of the 1,600 train + val rows, and a
+    budget spent before the first trial ends stops the search after that trial (the stage always gets one)."""
+    params = tiny_params({"data": {"n_samples": 2000}, "tune": {"n_trials": 30, "sample_rows": 300,
+                                                                "timeout_minutes": 0.001}})
+    best = run_tune(tmp_path, monkeypatch, params)
+    out = capsys.readouterr().out
+    assert "tune: trials fit and validate on a sample of 300 of the 1,600 train + val rows" in out
+    assert "tune: time budget spent (tune.timeout_minutes: 0.001) after 1 of 30 trials" in out
+    study = open_study(params, WS)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    assert best == trial_hyperparams(study.trials[0], params)
