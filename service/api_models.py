@@ -518,20 +518,22 @@ EXTRAPOLATED_DESCRIPTION = (
 )
 
 
+# Per-row notes both answers carry, declared once.
+Imputed = Annotated[list[list[str]] | None, Field(
+    description="Models trained with imputation only: per row, the features whose null value was filled from "
+    "the card's imputation values; null for other models.")]
+UnseenCategories = Annotated[list[list[str]] | None, Field(description=UNSEEN_DESCRIPTION)]
+RequestId = Annotated[str | None, Field(
+    description="Only with the request log on (SERVICE_REQUEST_LOG): this request's id, for POST /feedback.")]
+
+
 class RegressionAnswer(OpenAPIModel):
     predictions: list[float]
     extrapolated: list[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
     interval: PredictionInterval
-    imputed: list[list[str]] | None = Field(
-        default=None,
-        description="Models trained with imputation only: per row, the features whose null value "
-        "was filled from the card's imputation values; null for other models.",
-    )
-    unseen_categories: list[list[str]] | None = Field(default=None, description=UNSEEN_DESCRIPTION)
-    request_id: str | None = Field(
-        default=None,
-        description="Only with the request log on (SERVICE_REQUEST_LOG): this request's id, for POST /feedback.",
-    )
+    imputed: Imputed = None
+    unseen_categories: UnseenCategories = None
+    request_id: RequestId = None
 
 
 class ClassificationAnswer(OpenAPIModel):
@@ -541,16 +543,9 @@ class ClassificationAnswer(OpenAPIModel):
     )
     class_labels: list[ClassLabel]
     extrapolated: list[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
-    imputed: list[list[str]] | None = Field(
-        default=None,
-        description="Models trained with imputation only: per row, the features whose null value "
-        "was filled from the card's imputation values; null for other models.",
-    )
-    unseen_categories: list[list[str]] | None = Field(default=None, description=UNSEEN_DESCRIPTION)
-    request_id: str | None = Field(
-        default=None,
-        description="Only with the request log on (SERVICE_REQUEST_LOG): this request's id, for POST /feedback.",
-    )
+    imputed: Imputed = None
+    unseen_categories: UnseenCategories = None
+    request_id: RequestId = None
 
 
 class ErrorBody(OpenAPIModel):
