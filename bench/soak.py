@@ -16,8 +16,10 @@ Anything else (another status, a dropped connection, no answer in 30 s) is unexp
 Per minute (--report-every) it prints: requests, throughput, unexpected answers, p50/p99
 latency of the valid requests, server RSS (arbiter + workers, psutil) and the CPU used
 by the server and by this load generator (if the generator nears 100 % of a core, it, not
-the server, is the limit). Pass: zero unexpected answers, and server RSS at the end less
-than 10 % above its value at the end of the first minute. Exit status 0 on pass.
+the server, is the limit). Pass: zero unexpected answers, server RSS at the end less than
+10 % above its value at the end of the first minute, and as many /metrics samples at the end
+as then (drift gauges and the rest have fixed label sets). --request-log serves with the
+request log on. Exit status 0 on pass.
 
 The load generator is plain asyncio with hand-written HTTP/1.1 (no client library in the
 way): on a 2-core machine it needs well under one core for the rate one worker serves.
@@ -35,6 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,6 +218,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, help="default: models/package, else a tiny model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--request-log", action="store_true",
+                        help="serve with the request log on (SERVICE_REQUEST_LOG in a temporary directory)")
     args = parser.parse_args()
     if args.duration <= 0 or args.report_every <= 0 or args.concurrency < 1:
         parser.error("--duration, --report-every and --concurrency must be positive")
@@ -225,12 +230,19 @@ def main() -> int:
         workdir = Path(tmp)
         model_dir, model_label = resolve_model_dir(args.model_dir, workdir)
         card = json.loads((model_dir / "card.json").read_text())
-        server = Server(model_dir, workdir / "server.log", workdir / "bentoml_home")
+        env = {"SERVICE_REQUEST_LOG": str(workdir / "requests")} if args.request_log else {}
+        server = Server(model_dir, workdir / "server.log", workdir / "bentoml_home", env=env)
         server.start().wait_ready()
         try:
             return soak(args, server, card, model_label)
         finally:
             server.stop()
+
+
+def metrics_series(server: Server) -> int:
+    """Lines of /metrics that are samples (not # HELP / # TYPE)."""
+    body = httpx.get(f"{server.url}/metrics", timeout=REQUEST_TIMEOUT_S).text
+    return sum(1 for line in body.splitlines() if line and not line.startswith("#"))
 
 
 def soak(args, server: Server, card: dict, model_label: str) -> int:
@@ -270,6 +282,7 @@ def soak(args, server: Server, card: dict, model_label: str) -> int:
             "p50_ms": percentile(window.latencies, 50) * 1000,
             "p99_ms": percentile(window.latencies, 99) * 1000,
             "rss_mb": server.rss_bytes() / 2**20,
+            "metrics_series": metrics_series(server),
             "server_cpu_pct": 100 * (s_cpu - marks["server_cpu"]) / wall,
             "client_cpu_pct": 100 * (c_cpu - marks["client_cpu"]) / wall,
         }
@@ -301,12 +314,14 @@ def soak(args, server: Server, card: dict, model_label: str) -> int:
     unexpected = sum(row["unexpected"] for row in rows)
     first_rss, last_rss = rows[0]["rss_mb"], rows[-1]["rss_mb"]
     growth = (last_rss - first_rss) / first_rss if first_rss else math.nan
+    series = (rows[0]["metrics_series"], rows[-1]["metrics_series"])  # labels are bounded: traffic adds none
     for row in rows:
         if row["unexpected_detail"]:
             print(f"unexpected in {unit} {row['minute']}: {row['unexpected_detail']}")
-    passed = unexpected == 0 and growth < RSS_GROWTH_LIMIT and total > 0
+    passed = unexpected == 0 and growth < RSS_GROWTH_LIMIT and total > 0 and series[0] == series[1]
     print(f"\nrequests: {total}; unexpected: {unexpected}; server RSS {first_rss:.1f} MB after {unit} 1 -> "
-          f"{last_rss:.1f} MB at the end ({growth:+.1%}, limit +{RSS_GROWTH_LIMIT:.0%}); "
+          f"{last_rss:.1f} MB at the end ({growth:+.1%}, limit +{RSS_GROWTH_LIMIT:.0%}); /metrics series "
+          f"{series[0]} -> {series[1]}; "
           f"p99 {rows[0]['p99_ms']:.1f} ms first {unit}, {rows[-1]['p99_ms']:.1f} ms last -> "
           f"{'PASS' if passed else 'FAIL'}")
     if args.json:
