@@ -49,11 +49,11 @@ experiments: setup
 ## test: the full test suite (unit, end-to-end, service, browser, container); installs what it drives
 # One worker per core; a file's tests stay on one worker (so a module's server or image is built once), heaviest files first: tests/conftest.py.
 test: setup system-deps
-	pytest -n auto --dist loadgroup --no-loadscope-reorder
+	pytest -n auto --dist loadfile --no-loadscope-reorder
 
 ## test-fast: unit tests only (no pipeline runs, no servers)
 test-fast: setup
-	pytest -m "not slow" -n auto --dist loadgroup --no-loadscope-reorder
+	pytest -m "not slow" -n auto --dist loadfile --no-loadscope-reorder
 
 ## bench: side-by-side figures, printed as tables: training speed, tuned quality, data sets
 bench: setup

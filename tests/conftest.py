@@ -17,26 +17,21 @@ from devtools.project_copy import copy_project
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-# Scheduling over pytest-xdist's workers (`--dist loadgroup --no-loadscope-reorder`): a file's tests run on one
-# worker, so its module-scoped servers, stores and image are made once; except in the files listed in
-# INDEPENDENT_TESTS, whose tests each build their own project and so spread over the workers. Work is handed
-# out in collection order, and the files in HEAVIEST_FIRST (measured, minutes each) come first, so that no
-# long file starts last. A stale list only costs balance, never correctness.
+# Scheduling over pytest-xdist's workers (`--dist loadfile --no-loadscope-reorder`): a file's tests run on one
+# worker, so its module-scoped servers, stores and image are made once. Files are handed out in collection
+# order (xdist's default reorders them by test count, which started the long single-test files last), and
+# the files in HEAVIEST_FIRST (measured, a minute or more each) come first, so that no long file starts
+# last. A stale list only costs balance, never correctness. (`--dist loadgroup` would let independent tests
+# of one file spread, but pytest-xdist 3.8 cannot tag the groups on pytest 9: every test became its own
+# unit, and module fixtures such as the container image were made once per worker.)
 HEAVIEST_FIRST = ["tests/container/test_container.py", "tests/e2e/test_sources_e2e.py",
                   "tests/e2e/test_tune_registry_e2e.py", "tests/e2e/test_faults_e2e.py",
                   "tests/e2e/test_distributed.py", "tests/e2e/test_monitoring_loop.py", "tests/pipeline/test_tune.py"]
-INDEPENDENT_TESTS = {"tests/e2e/test_sources_e2e.py", "tests/e2e/test_faults_e2e.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def file_of(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0]
-
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
-    items.sort(key=lambda item: rank.get(file_of(item), len(rank)))  # stable: the rest keep their order
-    for item in items:
-        if file_of(item) not in INDEPENDENT_TESTS:
-            item.add_marker(pytest.mark.xdist_group(file_of(item)))
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 TINY = {  # small enough that a whole `dvc repro` is dominated by imports
