@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -37,7 +36,7 @@ import pytest
 
 from tests.conftest import Project
 from tests.pipeline.test_stage_deps import declared_stages, module_path, stage_modules
-from devtools.server import Server
+from devtools.server import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -136,12 +135,6 @@ def image(podman_env: dict[str, str], base_image: str, journey: Project):
     finally:
         sh(["podman", "rmi", "--force", tag], env=podman_env, check=False)
         sh(["podman", "image", "prune", "--force"], env=podman_env, check=False)  # builder-stage leftovers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
