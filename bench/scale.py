@@ -1,10 +1,10 @@
 """Scaling with rows: the whole real `dvc repro` on 10k, 100k and 1M rows, against HistGradientBoosting.
 
-    .venv/bin/python bench/scale.py [--rows 10000 100000 1000000] [--codes] [--keep DIR]
+    .venv/bin/python bench/scale.py [--rows 10000 100000 1000000] [--codes] [--keep DIR] [--set KEY=VALUE ...]
 
 Per table size the bench writes a non-linear synthetic regression (8 numeric columns and 2 categorical
 ones: 6 and 30 string levels) as Parquet into a fresh copy of the project, points params.yaml at it
-(data.source: file; every other param is the default) and runs `dvc repro` as a user would. It records
+(data.source: file; every other param is the default, or as `--set` says) and runs `dvc repro` as a user would. It records
 each stage's wall time (from DVC's "Running stage" lines), the peak RSS of the whole process tree (the
 sum over DVC and its stage processes, sampled every 0.2 s; and the sum of PSS, see TreeRss) and the model's test RMSE (metrics/evaluate.json).
 Then it fits scikit-learn's HistGradientBoostingRegressor (categorical columns as categories) on the
@@ -34,6 +34,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import add_params_options, bench_params  # noqa: E402
 from devtools.project_copy import copy_project  # noqa: E402
 
 STAGES = ["generate", "split", "tune", "train", "evaluate", "package"]
@@ -108,10 +109,10 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def prepare(project: Path, n_rows: int, codes: bool) -> None:
+def prepare(project: Path, n_rows: int, codes: bool, params: dict) -> None:
     copy_project(project)
     make_table(n_rows, codes=codes).to_parquet(project / "table.parquet", index=False)
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = json.loads(json.dumps(params))
     params["data"]["source"] = "file"
     params["data"]["file"].update(path="table.parquet", target="y", features=None)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -178,9 +179,9 @@ def hist_gradient_boosting(project: Path) -> dict[str, dict]:
     return results
 
 
-def measure(n_rows: int, scratch: Path, codes: bool) -> dict:
+def measure(n_rows: int, scratch: Path, codes: bool, params: dict) -> dict:
     project = scratch / f"rows-{n_rows}"
-    prepare(project, n_rows, codes)
+    prepare(project, n_rows, codes, params)
     load_before = os.getloadavg()[0]
     result = repro(project, scratch / f"rows-{n_rows}.log")
     result["load"] = (load_before, os.getloadavg()[0])
@@ -243,15 +244,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--codes", action="store_true", help="categorical columns as integer codes")
     parser.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
+    add_params_options(parser)
     args = parser.parse_args()
-    print(f"bench/scale.py: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; default params"
+    params = bench_params(args, {"data.source": "the bench's table", "data.file": "the bench's table"})
+    overridden = ", ".join(args.set + ([f"split.folds={args.folds}"] if args.folds is not None else []))
+    print(f"bench/scale.py: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start;"
+          f" {'params: ' + overridden if overridden else 'default params'}"
           f" (data.source: file), {'integer-coded' if args.codes else 'string'} categorical columns", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         scratch = args.keep or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
         for n_rows in args.rows:
-            results[n_rows] = measure(n_rows, scratch, args.codes)
+            results[n_rows] = measure(n_rows, scratch, args.codes, params)
             print(table({n_rows: results[n_rows]}).splitlines()[-1], flush=True)
     print()
     print(table(results))

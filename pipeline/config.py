@@ -136,6 +136,9 @@ class TrainConfig(_Strict):
     seed: int = Field(ge=0)
     max_epoch_steps: int | None = Field(default=200, ge=1, le=10_000_000, description="an epoch is one pass over the "
                                         "training rows or this many mini-batch steps, whichever is fewer; null = a pass")
+    stream_above_rows: int | None = Field(default=500_000, ge=0, description="more training rows than this are read "
+                                          "from disk in shuffled chunks as training goes (tf.data), not held in memory;"
+                                          " null = always in memory")
 
     @model_validator(mode="after")
     def _epochs_reach_min_epochs(self) -> TrainConfig:

@@ -25,6 +25,7 @@ SPLIT_NAMES = ("train", "val", "test")
 MAX_AUTO_CLASSES = 20  # an integer target with at most this many values is read as class labels
 MIN_ROWS = 6  # two each for train, validation and test
 ROW_ID = "row_id"  # the split frames' index: see row_ids
+ROW_GROUP_ROWS = 16_384  # a Parquet row group: what a streamed training split is read in
 
 
 class DataError(PipelineError):
@@ -370,7 +371,8 @@ def impute(splits: Splits) -> Splits:
 
 @dataclass(frozen=True)
 class Fold:
-    """One fold of the development rows: fit on `train`, early-stop on (and calibrate with) `val`."""
+    """One fold of the development rows: fit on `train`, early-stop on (and calibrate with) `val`. `train` is a
+    pipeline.model.BatchStream instead when the training split is streamed from disk (pipeline/streaming.py)."""
 
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
@@ -433,9 +435,10 @@ def features_and_target(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet; a named index (the splits' row ids) is kept, a plain range index is not."""
+    """Parquet in row groups of ROW_GROUP_ROWS, each readable alone (pipeline/streaming.py); a named index (the
+    splits' row ids) is kept, a plain range index is not."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=frame.index.name is not None)
+        frame.to_parquet(tmp, index=frame.index.name is not None, row_group_size=ROW_GROUP_ROWS)
 
 
 def read_splits(directory: Path) -> Splits:

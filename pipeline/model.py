@@ -49,7 +49,7 @@ class CategoricalInput:
 
 
 def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_outputs: int = 1,
-                x_train: np.ndarray | None = None, y_train: np.ndarray | None = None,
+                x_train: np.ndarray | ColumnStats | None = None, y_train: np.ndarray | ColumnStats | None = None,
                 name: str = "mlp", categorical: tuple[CategoricalInput, ...] = ()) -> keras.Model:
     """[standardise] -> Dense(units_1, act) -> [Dropout] -> Dense(units_2, act) -> [Dropout] -> output.
 
@@ -64,11 +64,13 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
 
     With `categorical` columns, those columns are not standardised but one-hot encoded or embedded
     inside the network (`encode_category`), so the exported model takes category indices.
+
+    `x_train` and `y_train` may be given as their `ColumnStats` instead: a streamed table's, read in one pass.
     """
     regularizer = keras.regularizers.L1L2(l1=hp.l1, l2=hp.l2) if hp.l1 or hp.l2 else None
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_features,), name="features")]
     if x_train is not None and not categorical:
-        layers.append(standardiser(x_train))
+        layers.append(standardiser(column_stats(x_train)))
     for units in (hp.units_1, hp.units_2):
         layers.append(keras.layers.Dense(units, activation=hp.activation, kernel_regularizer=regularizer))
         if hp.dropout:
@@ -76,7 +78,7 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
     layers.append(keras.layers.Dense(n_outputs, activation=OUTPUT_ACTIVATION[task], name="prediction"))
     loss_weight = None
     if y_train is not None and task == "regression":
-        target_scale = unstandardiser(y_train)
+        target_scale = unstandardiser(column_stats(y_train))
         layers.append(target_scale)
         loss_weight = 1 / target_scale.scale[0] ** 2
     if categorical:
@@ -87,7 +89,7 @@ def build_model(hp: HyperParams, n_features: int, task: str = "regression", n_ou
     return model
 
 
-def _with_categories(layers: list, categorical: tuple[CategoricalInput, ...], x_train: np.ndarray | None,
+def _with_categories(layers: list, categorical: tuple[CategoricalInput, ...], x_train: np.ndarray | ColumnStats | None,
                      regularizer, name: str) -> keras.Model:
     """The network `layers` (input first) fed with the standardised numeric columns and the encoded categories."""
     features = layers[0]
@@ -96,7 +98,7 @@ def _with_categories(layers: list, categorical: tuple[CategoricalInput, ...], x_
     parts = []
     if numeric:
         values = keras.ops.take(features, numeric, axis=1)
-        parts.append(standardiser(x_train[:, numeric])(values) if x_train is not None else values)
+        parts.append(standardiser(column_stats(x_train, numeric))(values) if x_train is not None else values)
     parts.extend(encode_category(features, c, regularizer) for c in categorical)
     hidden = keras.layers.Concatenate(name="inputs")(parts) if len(parts) > 1 else parts[0]
     for layer in layers[1:]:
@@ -153,27 +155,47 @@ def weighted_loss(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
     return lambda y_true, y_pred: model.loss(y_true, y_pred) * weight
 
 
-def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = values.mean(axis=0, dtype=np.float64)
-    std = values.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0  # a constant column passes through shifted, not divided by zero
-    return mean, std
+@dataclass(frozen=True)
+class ColumnStats:
+    """Per-column mean and standard deviation (float64) of training values: what the scaling layers are built from."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ColumnStats:
+        return cls.of_moments(values.mean(axis=0, dtype=np.float64), values.std(axis=0, dtype=np.float64))
+
+    @classmethod
+    def of_moments(cls, mean: np.ndarray, std: np.ndarray) -> ColumnStats:
+        std = np.array(std, dtype=np.float64)
+        std[std == 0] = 1.0  # a constant column passes through shifted, not divided by zero
+        return cls(np.asarray(mean, dtype=np.float64), std)
+
+    def take(self, columns: list[int]) -> ColumnStats:
+        return ColumnStats(self.mean[columns], self.std[columns])
 
 
-def standardiser(x_train: np.ndarray) -> keras.layers.Layer:
+def column_stats(values: np.ndarray | ColumnStats, columns: list[int] | None = None) -> ColumnStats:
+    """The statistics of `values` (of its `columns` only, if given)."""
+    if isinstance(values, ColumnStats):
+        return values if columns is None else values.take(columns)
+    return ColumnStats.of(values if columns is None else values[:, columns])
+
+
+def standardiser(x_train: ColumnStats) -> keras.layers.Layer:
     """(x - mean) / std as a fixed affine layer.
 
     Not keras.layers.Normalization: its ONNX export (tf2onnx) turns the adapted mean and variance
     into extra graph inputs, and the exported model then cannot be run on features alone.
     """
-    mean, std = _mean_std(x_train)
+    mean, std = x_train.mean, x_train.std
     return keras.layers.Rescaling(scale=(1 / std).tolist(), offset=(-mean / std).tolist(), name="standardise")
 
 
-def unstandardiser(y_train: np.ndarray) -> keras.layers.Layer:
+def unstandardiser(y_train: ColumnStats) -> keras.layers.Layer:
     """z * std + mean: the network predicts a standardised target, the model answers in its units."""
-    mean, std = _mean_std(y_train)
-    return keras.layers.Rescaling(scale=std.tolist(), offset=mean.tolist(), name="target_scale")
+    return keras.layers.Rescaling(scale=y_train.std.tolist(), offset=y_train.mean.tolist(), name="target_scale")
 
 
 def make_optimizer(hp: HyperParams) -> keras.optimizers.Optimizer:
@@ -193,6 +215,17 @@ class History:
         return len(self.train_loss)
 
 
+@dataclass(frozen=True)
+class BatchStream:
+    """Training rows not held in memory (pipeline/streaming.py): `batches(batch_size)` is an endless tf.data
+    pipeline of shuffled (inputs, targets) mini-batches over `n_rows` rows, whose column statistics are given."""
+
+    n_rows: int
+    batches: Callable[[int], tf.data.Dataset]
+    x_stats: ColumnStats
+    y_stats: ColumnStats
+
+
 EpochCallback = Callable[[int, float, float | None], bool]
 """Called after each epoch with (epoch, train_loss, val_loss); returning True stops training."""
 
@@ -200,7 +233,7 @@ EpochCallback = Callable[[int, float, float | None], bool]
 def fit(
     model: keras.Model,
     hp: HyperParams,
-    train: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray] | BatchStream,
     val: tuple[np.ndarray, np.ndarray] | None,
     *,
     epochs: int,
@@ -224,9 +257,12 @@ def fit(
     each epoch takes the next slice of batches of the same row order (wrapping round), so a big
     table is still visited row by row, but patience, min_epochs and the validation checks count
     the same amount of work at any size. When a pass fits in the limit nothing changes.
+
+    A `BatchStream` (a table left on disk) gives its mini-batches in its own shuffled order; an epoch
+    is the same number of steps as for the same rows in memory.
     """
-    x_train, y_train = (tf.constant(a, dtype=tf.float32) for a in train)
-    n_rows = int(x_train.shape[0])
+    streamed = isinstance(train, BatchStream)
+    n_rows = train.n_rows if streamed else len(train[0])
     batch_size = min(hp.batch_size, n_rows)
     n_batches = math.ceil(n_rows / batch_size)
     epoch_steps = min(n_batches, max_epoch_steps or n_batches)
@@ -234,24 +270,46 @@ def fit(
     optimizer = model.optimizer
     variables = model.trainable_variables
 
-    def train_step(rows: tf.Tensor) -> tf.Tensor:
-        xb, yb = tf.gather(x_train, rows), tf.gather(y_train, rows)
+    def train_step(xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=True))
             objective = loss + tf.add_n(model.losses) if model.losses else loss
         optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables))
-        return loss * tf.cast(tf.shape(rows)[0], tf.float32)
+        return loss * tf.cast(tf.shape(xb)[0], tf.float32)
 
-    @tf.function(autograph=False)
-    def run_epoch(order: tf.Tensor, first: tf.Tensor) -> tf.Tensor:
+    def steps(next_batch: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
         def body(step, total, rows):
-            batch = (first + step) % n_batches
-            indices = order[batch * batch_size : (batch + 1) * batch_size]
-            return step + 1, total + train_step(indices), rows + tf.shape(indices)[0]
+            xb, yb = next_batch(step)
+            return step + 1, total + train_step(xb, yb), rows + tf.shape(xb)[0]
 
         _, total, rows = tf.while_loop(lambda step, *_: step < epoch_steps, body,
                                        (tf.constant(0), tf.constant(0.0), tf.constant(0)))
         return total / tf.cast(rows, tf.float32)
+
+    if streamed:
+        batches = iter(train.batches(batch_size))
+
+        @tf.function(autograph=False)
+        def run_stream_epoch(iterator) -> tf.Tensor:
+            return steps(lambda _: iterator.get_next())
+
+        def run_epoch(epoch: int) -> tf.Tensor:
+            return run_stream_epoch(batches)
+    else:
+        x_train, y_train = (tf.constant(a, dtype=tf.float32) for a in train)
+        order = keras_row_order(n_rows)
+
+        @tf.function(autograph=False)
+        def run_memory_epoch(first: tf.Tensor) -> tf.Tensor:
+            def next_batch(step):
+                batch = (first + step) % n_batches
+                indices = order[batch * batch_size : (batch + 1) * batch_size]
+                return tf.gather(x_train, indices), tf.gather(y_train, indices)
+
+            return steps(next_batch)
+
+        def run_epoch(epoch: int) -> tf.Tensor:
+            return run_memory_epoch(tf.constant((epoch - 1) * epoch_steps % n_batches))
 
     if val is not None:
         x_val, y_val = (tf.constant(a, dtype=tf.float32) for a in val)
@@ -260,11 +318,10 @@ def fit(
         def val_loss_of() -> tf.Tensor:
             return loss_fn(y_val, model(x_val, training=False))
 
-    order = keras_row_order(n_rows)
     history = History()
     best_loss, best_weights, waited = math.inf, None, 0
     for epoch in range(1, epochs + 1):
-        train_loss = float(run_epoch(order, tf.constant((epoch - 1) * epoch_steps % n_batches)))
+        train_loss = float(run_epoch(epoch))
         val_loss = float(val_loss_of()) if val is not None else None
         history.train_loss.append(train_loss)
         if val_loss is not None:

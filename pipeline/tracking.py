@@ -85,13 +85,24 @@ def data_name(cfg: DataConfig) -> str:
 
 def log_data_inputs(cfg: DataConfig, target: str, frames: dict[str, object]) -> None:
     """Each split as an MLflow dataset input of the active run (name, digest, source, rows: the runs list's Dataset
-    column), `frames` mapping MLflow's context (training, validation, testing) to the split's DataFrame."""
+    column), `frames` mapping MLflow's context (training, validation, testing) to the split's DataFrame, or to the
+    path of its Parquet file when it is not held in memory (then named and digested from the file, without rows)."""
     import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from pipeline.artifacts import file_sha256
 
     source = str(Path(cfg.file.path if cfg.source == "file" else "data/raw.parquet").resolve())
+
+    def dataset(context: str, frame):
+        name = f"{data_name(cfg)} {context}"
+        if isinstance(frame, Path):
+            return MetaDataset(resolve_dataset_source(str(frame.resolve())), name=name, digest=file_sha256(frame)[:8])
+        return mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
+
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and warns that a path "can be interpreted" as either.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        datasets = [mlflow.data.from_pandas(frame, source=source, targets=target, name=f"{data_name(cfg)} {context}")
-                    for context, frame in frames.items()]
+        datasets = [dataset(context, frame) for context, frame in frames.items()]
     mlflow.log_inputs(datasets=datasets, contexts=list(frames), tags_list=[None] * len(frames))
