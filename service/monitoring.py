@@ -35,6 +35,7 @@ from api_models import ModelCard, OpenAPIModel, StrictBody
 from drift import DriftMonitor, DriftWindow
 from model_bundle import StartupError
 from request_log import RequestLog, flush
+from settings import positive_int_from_env
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 
@@ -52,20 +53,19 @@ class MonitoringSettings:
     log_batch: int
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], positive_int: Callable[[Mapping[str, str], str, int], int]
-                 ) -> "MonitoringSettings":
+    def from_env(cls, env: Mapping[str, str]) -> "MonitoringSettings":
         drift = env.get("SERVICE_DRIFT") or "1"
         if drift not in ("0", "1"):
             raise StartupError(f"SERVICE_DRIFT must be 0 or 1, got {drift!r}")
         log_dir = env.get("SERVICE_REQUEST_LOG") or None
         return cls(
             drift=drift == "1",
-            window_rows=positive_int(env, "SERVICE_DRIFT_WINDOW_ROWS", 1000),
-            window_s=positive_int(env, "SERVICE_DRIFT_WINDOW_S", 1) if env.get("SERVICE_DRIFT_WINDOW_S") else None,
+            window_rows=positive_int_from_env(env, "SERVICE_DRIFT_WINDOW_ROWS", 1000),
+            window_s=positive_int_from_env(env, "SERVICE_DRIFT_WINDOW_S", 1) if env.get("SERVICE_DRIFT_WINDOW_S") else None,
             request_log=Path(log_dir) if log_dir else None,
-            log_max_bytes=positive_int(env, "SERVICE_REQUEST_LOG_MAX_BYTES", 64 * 1024 * 1024),
-            log_files=positive_int(env, "SERVICE_REQUEST_LOG_FILES", 10),
-            log_batch=positive_int(env, "SERVICE_REQUEST_LOG_BATCH", 256),
+            log_max_bytes=positive_int_from_env(env, "SERVICE_REQUEST_LOG_MAX_BYTES", 64 * 1024 * 1024),
+            log_files=positive_int_from_env(env, "SERVICE_REQUEST_LOG_FILES", 10),
+            log_batch=positive_int_from_env(env, "SERVICE_REQUEST_LOG_BATCH", 256),
         )
 
 

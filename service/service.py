@@ -77,9 +77,6 @@ import json
 import logging
 import math
 import os
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +85,7 @@ import bentoml
 import numpy as np
 from bentoml._internal.server.http import instruments as bentoml_instruments
 from bentoml._internal.server.http import traffic as bentoml_traffic
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 from uvicorn.protocols.http import h11_impl as uvicorn_h11
 
@@ -106,6 +103,7 @@ from api_models import (
 from http_gate import HttpGate, RequestTimeout, h11_send_400_json, routed
 from model_bundle import ModelBundle, Outputs, StartupError
 from monitoring import FeedbackAnswer, Monitoring, MonitoringSettings, build_feedback_model
+from settings import Settings, refuse_to_start
 
 MODEL_NAME: str | None = getattr(bentoml.use_arguments(), "model_name", None)
 
@@ -113,59 +111,6 @@ MODEL_NAME: str | None = getattr(bentoml.use_arguments(), "model_name", None)
 # them; a thread hop would cost more). Larger ones go to a worker thread so other
 # requests are not held up.
 INLINE_ROWS = 256
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_dir: Path | None
-    coverage: float | None
-    max_rows: int
-    max_body_bytes: int
-    max_concurrency: int
-    max_uploads: int
-    body_timeout_s: int
-    max_queue_delay_ms: int
-    request_timeout_s: int
-    api_token: SecretStr | None  # SecretStr: never shown by repr or logs
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        model_dir = env.get("SERVICE_MODEL_DIR") or None
-        token = env.get("SERVICE_API_TOKEN") or None
-        if token is not None and (not token.isprintable() or " " in token):
-            raise StartupError("SERVICE_API_TOKEN must be printable and contain no spaces")
-        return cls(
-            model_dir=Path(model_dir) if model_dir else None,
-            coverage=_coverage_from_env(env),
-            max_rows=_positive_int_from_env(env, "SERVICE_MAX_ROWS", 10_000),
-            max_body_bytes=_positive_int_from_env(env, "SERVICE_MAX_BODY_BYTES", 2 * 1024 * 1024),
-            max_concurrency=_positive_int_from_env(env, "SERVICE_MAX_CONCURRENCY", 256),
-            max_uploads=_positive_int_from_env(env, "SERVICE_MAX_UPLOADS", 128),
-            body_timeout_s=_positive_int_from_env(env, "SERVICE_BODY_TIMEOUT_S", 10),
-            max_queue_delay_ms=_positive_int_from_env(env, "SERVICE_MAX_QUEUE_DELAY_MS", 250),
-            request_timeout_s=_positive_int_from_env(env, "SERVICE_REQUEST_TIMEOUT_S", 30),
-            api_token=SecretStr(token) if token else None,
-        )
-
-
-def _positive_int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name) or str(default)
-    if not raw.isdigit() or int(raw) < 1:
-        raise StartupError(f"{name} must be a positive whole number, got {raw!r}")
-    return int(raw)
-
-
-def _coverage_from_env(env: Mapping[str, str]) -> float | None:
-    raw = env.get("SERVICE_INTERVAL_COVERAGE")
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise StartupError(f"SERVICE_INTERVAL_COVERAGE must be a number in (0, 1), got {raw!r}")
-    return value
 
 
 def model_directory(settings: Settings) -> Path:
@@ -185,20 +130,10 @@ def model_directory(settings: Settings) -> Path:
     return Path(stored.path)
 
 
-def refuse_to_start(exc: StartupError, env: Mapping[str, str]) -> None:
-    """One line naming what to fix, exit status 1; the traceback (BentoML's import machinery,
-    ~70 lines) only with SERVICE_DEBUG=1."""
-    if env.get("SERVICE_DEBUG") == "1":
-        raise exc
-    print(f"service refused to start: StartupError: {exc} (SERVICE_DEBUG=1 shows the traceback)",
-          file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
 try:
     SETTINGS = Settings.from_env(os.environ)
     BUNDLE = ModelBundle.load(model_directory(SETTINGS))
-    MONITORING = Monitoring(MonitoringSettings.from_env(os.environ, _positive_int_from_env), BUNDLE.card)
+    MONITORING = Monitoring(MonitoringSettings.from_env(os.environ), BUNDLE.card)
 except StartupError as refusal:
     refuse_to_start(refusal, os.environ)
 CARD: ModelCard = BUNDLE.card

@@ -19,13 +19,14 @@ from tests.service.conftest import Server
 pytestmark = pytest.mark.slow
 
 # Two cases with a bag of 2 networks (split.folds), one of them with the README's profile for tables;
-# one with one network. (The built project runs the default source, the tutorial's line.) The file is
+# one with one network, trained streamed from its Parquet split (train.stream_above_rows). (The built project runs the default source, the tutorial's line.) The file is
 # the example table with categorical columns, run once per test run (the container test serves it too).
 CASES = {
     "file-regression": CATEGORICAL_PARAMS,
     "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 2},
                        "tune": {"select": "one_se", "space": {"l2": {"low": 1.0e-4, "high": 0.1}}}},
-    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1}},
+    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1},
+                             "train": {"stream_above_rows": 50}},
 }
 EXPECTED = {
     "file-regression": ("regression", {"rmse", "mae", "r2", "interval_coverage_test"}, {"baseline_linear", "baseline_ridge"}),
@@ -85,6 +86,7 @@ def test_repro_for_each_source_and_task(request, case):
         edited.to_csv(copy.path / "examples/rentals.csv", index=False)
         assert "generate" in copy.run("dvc", "status").stdout  # the user's file is a dependency
     if case == "synthetic-multiclass":
+        assert "train: streaming " in output and "(more than train.stream_above_rows = 50)" in output
         check_served_classifier(root, card)
 
 
