@@ -30,7 +30,7 @@ import optuna
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.optuna_private import trial_id
-from pipeline.study_attrs import DEADLINE_ATTR, TARGET_ATTR, WORKER_ATTR
+from pipeline.study_attrs import ADMITTED_ATTR, DEADLINE_ATTR, TARGET_ATTR, WORKER_ATTR
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -199,12 +199,21 @@ def _died_here(worker: str | None) -> bool:
     return False
 
 
+def died_in_admission(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a running trial's process died while taking it: between `study.ask()` and the stamp written last in
+    `next_trial`, before its first heartbeat. Only valid under the storage lock, which every admission holds: no
+    admission is then half-way. Without this check such a trial would count as running forever, since a trial with
+    no heartbeat is never stale, and every later run would wait for it. A retried trial inherits its lost
+    predecessor's stamp, whose number is not its own."""
+    return trial.user_attrs.get(ADMITTED_ATTR) != trial.number
+
+
 def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
     """What the heartbeat check does after its grace period, at once for a running trial whose process on this
-    machine is gone (a `kill -9`ed `dvc repro`, say): mark it failed and queue it again, so a re-run resumes exactly
-    where the killed one stopped."""
+    machine is gone (a `kill -9`ed `dvc repro`, say) or died while taking it: mark it failed and queue it again, so a
+    re-run resumes exactly where the killed one stopped. Called under the storage lock."""
     for trial in study.get_trials(deepcopy=False, states=(RUNNING,)):
-        if not _died_here(trial.user_attrs.get(WORKER_ATTR)):
+        if not (died_in_admission(trial) or _died_here(trial.user_attrs.get(WORKER_ATTR))):
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             if storage.set_trial_state_values(trial_id(trial), state=optuna.trial.TrialState.FAIL):
@@ -235,8 +244,9 @@ def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
                 or out_of_time(attrs, states):
             return None, states
         trial = study.ask()  # a queued (retried) trial first, else a new one
-        storage.record_heartbeat(trial_id(trial))  # before the lock is released: a trial is never without one
         trial.set_user_attr(WORKER_ATTR, WORKER_ID)
+        storage.record_heartbeat(trial_id(trial))  # before the lock is released: a trial is never without one
+        trial.set_user_attr(ADMITTED_ATTR, trial.number)  # last: a trial without it died here (died_in_admission)
     return trial, states
 
 
