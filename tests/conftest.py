@@ -4,6 +4,8 @@ project (a committed `dvc repro`) that read-only checks share across the whole r
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +127,27 @@ def shared_project(name: str, override: dict, tmp_path_factory: pytest.TempPathF
     project = Project(path)
     project.repro_output = log.read_text()
     return project
+
+
+def carry_mlflow_store(source: Project, destination: Project) -> None:
+    """Copy the MLflow store; its artifact locations are absolute, so point them at the destination's copy."""
+    shutil.copy2(source.path / "mlflow.db", destination.path / "mlflow.db")
+    shutil.copytree(source.path / "mlartifacts", destination.path / "mlartifacts", dirs_exist_ok=True)
+    old, new = (source.path / "mlartifacts").resolve().as_uri(), (destination.path / "mlartifacts").resolve().as_uri()
+    with sqlite3.connect(destination.path / "mlflow.db") as db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("model_versions", "source"), ("model_versions", "storage_location")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+
+
+def copy_of(source: Project, path: Path) -> Project:
+    """A writable copy of a shared built project, as if `dvc repro` had run there: files, git history, DVC cache,
+    the Optuna study and the MLflow store."""
+    shutil.copytree(source.path, path, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    copy = Project(path)
+    carry_mlflow_store(source, copy)
+    copy.repro_output = source.repro_output
+    return copy
 
 
 @pytest.fixture(scope="session")

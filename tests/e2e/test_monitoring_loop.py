@@ -8,8 +8,6 @@ project's tuned settings are kept, the search is not what is tested here).
 """
 
 import json
-import shutil
-import sqlite3
 
 import httpx
 import numpy as np
@@ -19,21 +17,10 @@ import pytest
 import yaml
 
 from devtools.server import Server
-from tests.conftest import Project, run
+from tests.conftest import Project, carry_mlflow_store, run
 
 pytestmark = pytest.mark.slow
 TOKEN = "loop-token"
-
-
-def carry_mlflow_store(source: Project, clone: Project) -> None:
-    """Copy the MLflow store; its artifact locations are absolute, so point them at the clone's copy."""
-    shutil.copy2(source.path / "mlflow.db", clone.path / "mlflow.db")
-    shutil.copytree(source.path / "mlartifacts", clone.path / "mlartifacts")
-    old, new = (source.path / "mlartifacts").resolve().as_uri(), (clone.path / "mlartifacts").resolve().as_uri()
-    with sqlite3.connect(clone.path / "mlflow.db") as db:
-        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                              ("model_versions", "source"), ("model_versions", "storage_location")):
-            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
 
 
 def rmse(model_dir, x: np.ndarray, y: np.ndarray) -> float:

@@ -13,11 +13,15 @@ import onnxruntime as ort
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import copy_of
+
 pytestmark = pytest.mark.slow
 
-def test_a_worse_experiment_keeps_the_champion_and_a_resplit_promotes_without_a_fair_comparison(project):
-    project.run("dvc", "repro")
+
+def test_a_worse_experiment_keeps_the_champion_and_a_resplit_promotes_without_a_fair_comparison(built_project, tmp_path):
+    project = copy_of(built_project, tmp_path / "project")  # its first `dvc repro` is committed: v1, the champion
     root = project.path
+    name = project.params()["tracking"]["registered_model"]
     registry = json.loads((root / "models/registry.json").read_text())
     assert registry["version"] == "1" and registry["promoted"]
     expected_champion = "1"
@@ -26,7 +30,7 @@ def test_a_worse_experiment_keeps_the_champion_and_a_resplit_promotes_without_a_
 
     # A deliberately worse model (no search, a tiny learning rate, two epochs), as a DVC experiment
     # against the committed baseline: `dvc params diff` and `dvc status` name what changed first.
-    project.commit("baseline")
+    assert project.run("git", "status", "--porcelain").stdout == ""
     worse_params = {"tune": {"n_trials": 0},
                     "train": {"epochs": 2, "min_epochs": 0, "hyperparams": {"learning_rate": 0.0001, "optimizer": "sgd"}}}
     project.set_params(worse_params)
@@ -63,9 +67,9 @@ def test_a_worse_experiment_keeps_the_champion_and_a_resplit_promotes_without_a_
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    assert str(client.get_model_version_by_alias("keras-mlp", "champion").version) == expected_champion
+    assert str(client.get_model_version_by_alias(name, "champion").version) == expected_champion
     mlflow.set_tracking_uri(uri)
-    champion = mlflow.tensorflow.load_model("models:/keras-mlp@champion")
+    champion = mlflow.tensorflow.load_model(f"models:/{name}@champion")
     x = np.array([[-0.8], [0.0], [0.5]], dtype=np.float32)
     shipped = ort.InferenceSession(str(root / "models/package/model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(shipped.run(None, {shipped.get_inputs()[0].name: x})[0], np.asarray(champion(x)),
@@ -79,7 +83,7 @@ def test_a_worse_experiment_keeps_the_champion_and_a_resplit_promotes_without_a_
     assert resplit["promoted"] and resplit["previous_champion"]["compared"] is None
     assert f"the new champion, as no fair comparison is possible (champion v{expected_champion} learnt from" in out
     assert "too few to compare on (evaluate.min_fair_rows: 20)" in resplit["reason"]
-    version = client.get_model_version("keras-mlp", resplit["version"])
+    version = client.get_model_version(name, resplit["version"])
     assert "no fair comparison" in version.tags["promotion"] and version.tags["split_fingerprint"] != ""
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     assert metrics["versions"] == {"candidate": resplit["version"], "served": resplit["version"]}
