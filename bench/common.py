@@ -52,11 +52,16 @@ def add_params_options(parser) -> None:
     parser.add_argument("--folds", type=int, help="short for --set split.folds=K")
 
 
+def command_line_overrides(args) -> list[str]:
+    """The params.yaml overrides the command line asked for: each --set, and --folds as split.folds."""
+    return args.set + ([f"split.folds={args.folds}"] if args.folds is not None else [])
+
+
 def bench_params(args, set_per_run: dict[str, str], profile: list[str] = ()) -> dict:
     """params.yaml with `profile`'s overrides, then the command line's --set and --folds, applied. A key in
     `set_per_run` (key: what sets it) is refused: the bench overwrites it on every run, so the override would
     do nothing."""
-    overrides = args.set + ([f"split.folds={args.folds}"] if args.folds is not None else [])
+    overrides = command_line_overrides(args)
     for override in overrides:
         key = override.partition("=")[0]
         for owned, by in set_per_run.items():

@@ -34,7 +34,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import add_params_options, bench_params  # noqa: E402
+from common import add_params_options, bench_params, command_line_overrides  # noqa: E402
 from devtools.project_copy import copy_project  # noqa: E402
 
 STAGES = ["generate", "split", "tune", "train", "evaluate", "package"]
@@ -247,7 +247,7 @@ def main() -> None:
     add_params_options(parser)
     args = parser.parse_args()
     params = bench_params(args, {"data.source": "the bench's table", "data.file": "the bench's table"})
-    overridden = ", ".join(args.set + ([f"split.folds={args.folds}"] if args.folds is not None else []))
+    overridden = ", ".join(command_line_overrides(args))
     print(f"bench/scale.py: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start;"
           f" {'params: ' + overridden if overridden else 'default params'}"
           f" (data.source: file), {'integer-coded' if args.codes else 'string'} categorical columns", flush=True)

@@ -208,7 +208,7 @@ def died_in_admission(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get(ADMITTED_ATTR) != trial.number
 
 
-def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
     """What the heartbeat check does after its grace period, at once for a running trial whose process on this
     machine is gone (a `kill -9`ed `dvc repro`, say) or died while taking it: mark it failed and queue it again, so a
     re-run resumes exactly where the killed one stopped. Called under the storage lock."""
@@ -236,7 +236,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     with storage_lock(storage.url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        fail_dead_local_trials(study, storage)
+        fail_abandoned_trials(study, storage)
         optuna.storages.fail_stale_trials(study)
         states = Counter(t.state for t in study.get_trials(deepcopy=False))
         attrs = study.user_attrs

@@ -15,7 +15,8 @@ import yaml
 
 from pipeline import data as data_module
 from pipeline import streaming, train
-from pipeline.config import parse_params
+from pipeline.artifacts import file_sha256
+from pipeline.config import load_params, parse_params
 from pipeline.data import Schema, features_and_target, load, split, write_splits
 from pipeline.model import ColumnStats, build_model, fit, predict, seed_everything
 from pipeline.paths import Workspace
@@ -91,7 +92,7 @@ def test_a_streamed_fit_learns_as_well_as_one_in_memory(tmp_path, small_groups):
     schema = Schema(task="regression", target="y", features=["x"], class_labels=None)
     frame, val = table(600).drop(columns="colour"), table(200, seed=1).drop(columns="colour")
     data_module.write_frame(frame, tmp_path / "t.parquet")
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = load_params(ROOT / "params.yaml")
     hp = params.train.hyperparams.model_copy(update={"learning_rate": 0.01})
     losses = {}
     for name, rows in (("memory", features_and_target(frame, schema)),
@@ -130,15 +131,10 @@ def test_the_train_stage_streams_above_the_threshold_and_logs_the_file(tmp_path,
     streamed_out, streamed_inputs, streamed_metrics = results[100]
     assert "train: streaming 600 training rows from" in streamed_out
     assert "streaming" not in results[None][0]
-    assert streamed_inputs["training"].digest == streaming_digest(ws.split_dir / "train.parquet")
+    assert streamed_inputs["training"].digest == file_sha256(ws.split_dir / "train.parquet")[:8]
     assert results[None][1]["validation"].name == streamed_inputs["validation"].name
     assert mlflow.get_run(model_run.info.run_id).data.tags["data_rows"] == "1000"
     assert streamed_metrics["epochs_run"] >= 20
     curve = pd.read_csv(ws.learning_curve)
     assert curve["val_loss"].iloc[-1] < 0.05  # standardised target: the line is learnt
 
-
-def streaming_digest(path) -> str:
-    from pipeline.artifacts import file_sha256
-
-    return file_sha256(path)[:8]

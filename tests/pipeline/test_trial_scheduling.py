@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import yaml
 
-from pipeline.config import parse_params
+from pipeline.config import load_params
 from pipeline.study_attrs import ADMITTED_ATTR, WORKER_ATTR
 from pipeline.trial_scheduling import WORKER_ID, open_storage, run_trials
 from tests.conftest import ROOT
@@ -16,7 +15,7 @@ from tests.conftest import ROOT
 @pytest.fixture
 def storage(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNE_STORAGE", f"sqlite:///{tmp_path}/optuna.db")
-    return open_storage(parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    return open_storage(load_params(ROOT / "params.yaml"))
 
 
 def objective(trial: optuna.Trial) -> float:
