@@ -85,7 +85,7 @@ def run_pipeline(raw_params: dict):
     from pipeline.evaluate import evaluate
     from pipeline.train import train
     from pipeline.paths import Workspace
-    from pipeline.tune import tune
+    from pipeline.tune import trial_rows, tune
 
     params = parse_params(raw_params)
     previous = Path.cwd()
@@ -98,7 +98,7 @@ def run_pipeline(raw_params: dict):
             write_frame(frame, ws.raw)
             splits = split(frame, schema, params.split)
             write_splits(splits, ws.split_dir)
-            best = tune(splits, params, ws) if params.tune.n_trials else params.train.hyperparams
+            best = tune(trial_rows(ws.split_dir, params), params, ws) if params.tune.n_trials else params.train.hyperparams
             model, _ = train(splits, best, params)
             return evaluate(model, splits, params), best, splits, model
         finally:

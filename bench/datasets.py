@@ -55,12 +55,12 @@ def mlp_classifier(splits, folds: int):
 def test_predictions(model, splits, baselines: list[str], folds: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(test targets, ours, {baseline: predictions}): values for regression, class indices otherwise.
     The baselines learn from the same rows as ours (train, or train + val when cross-validated)."""
-    from pipeline.data import features_and_target
+    from pipeline.data import development_rows, features_and_target
     from pipeline.evaluate import keras_predictor, sklearn_baselines
 
     x, y = features_and_target(splits.test, splits.schema)
     task = splits.schema.task
-    fitted = sklearn_baselines(splits, folds)
+    fitted = sklearn_baselines(development_rows(splits, folds), splits.schema)
     if "sklearn_mlp" in baselines:
         fitted["sklearn_mlp"] = mlp_classifier(splits, folds).predict_proba
 

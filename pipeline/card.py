@@ -18,7 +18,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.data import Splits
+from pipeline.data import Schema
 from pipeline.errors import PipelineError
 from service.api_models import ModelCard
 
@@ -34,17 +34,17 @@ def validated(card: dict) -> dict:
     return card
 
 
-def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, run, fingerprint: str,
-               profile: dict | None = None) -> dict:
-    """The card of a model trained on `splits` (its train run `run`), as evaluated with `metrics`; `profile`:
-    its training rows' and outputs' reference distribution (pipeline/profile.py)."""
-    schema = splits.schema
+def model_card(name: str, schema: Schema, ranges: dict[str, tuple[float, float]], metrics: dict, interval: dict | None,
+               run, fingerprint: str, profile: dict | None = None) -> dict:
+    """The card of a model trained on a split with `schema` (its train run `run`), as evaluated with `metrics`;
+    `ranges`: each numeric feature's minimum and maximum over the training rows; `profile`: its training rows' and
+    outputs' reference distribution (pipeline/profile.py)."""
     dropped = {"dropped_features": schema.dropped} if schema.dropped else {}
     return validated({**dropped,
         "name": name,
         "task": schema.task,
         "target": schema.target,
-        "features": [feature_spec(splits, name) for name in schema.features],
+        "features": [feature_spec(schema, ranges, name) for name in schema.features],
         "class_labels": schema.class_labels,
         "interval": interval,
         "imputation": None if schema.fill_values is None else {"method": schema.impute, "values": schema.fill_values},
@@ -56,14 +56,14 @@ def model_card(name: str, splits: Splits, metrics: dict, interval: dict | None, 
     })
 
 
-def feature_spec(splits: Splits, name: str) -> dict:
+def feature_spec(schema: Schema, ranges: dict[str, tuple[float, float]], name: str) -> dict:
     """A feature as the service checks it: a numeric one's training range, a categorical one's vocabulary
     (in index order: the category at position i is index i + 1, 0 is out-of-vocabulary)."""
-    vocab = splits.schema.categories.get(name)
+    vocab = schema.categories.get(name)
     if vocab is not None:
         return {"name": name, "kind": "categorical", "categories": vocab, "min": None, "max": None}
-    column = splits.train[name]
-    return {"name": name, "kind": "numeric", "min": float(column.min()), "max": float(column.max())}
+    low, high = ranges[name]
+    return {"name": name, "kind": "numeric", "min": low, "max": high}
 
 
 def log_card(run_id: str, card: dict) -> None:

@@ -214,6 +214,9 @@ class EvaluateConfig(_Strict):
     seed: int = Field(ge=0)
     min_fair_rows: int = Field(ge=1)
     interval_coverage: float = Field(gt=0, lt=1)
+    sample_rows: int | None = Field(default=100_000, ge=100, le=100_000_000, description="the baselines, the "
+                                    "tutorial's configuration and the card's training profile use a seeded sample of at "
+                                    "most this many training rows; null = all of them. Test metrics always use every test row")
 
 
 class TrackingConfig(_Strict):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from pipeline import categories as cats
@@ -383,21 +385,6 @@ def development_rows(splits: Splits, folds: int) -> pd.DataFrame:
     return splits.train if folds == 1 else pd.concat([splits.train, splits.val])
 
 
-def sample_development(splits: Splits, max_rows: int | None, seed: int) -> Splits:
-    """At most `max_rows` train + validation rows, each part cut in its own proportion by a seeded draw (rows
-    keep their order); the test rows are left alone. Tables within the limit come back as they are."""
-    n_train, n_val = len(splits.train), len(splits.val)
-    if max_rows is None or n_train + n_val <= max_rows:
-        return splits
-    rng = np.random.default_rng(seed)
-    keep_train = max(2, round(max_rows * n_train / (n_train + n_val)))
-
-    def rows(part: pd.DataFrame, n: int) -> pd.DataFrame:
-        return part.iloc[np.sort(rng.choice(len(part), size=n, replace=False))]
-
-    return replace(splits, train=rows(splits.train, keep_train), val=rows(splits.val, max(2, max_rows - keep_train)))
-
-
 def development_folds(splits: Splits, folds: int, seed: int) -> list[Fold]:
     """`folds` = 1: the split's own train and validation parts. k >= 2: train and validation pooled and
     cut into k shuffled folds (stratified by class for classification), so every development row is
@@ -450,3 +437,61 @@ def write_splits(splits: Splits, directory: Path) -> None:
     for name in SPLIT_NAMES:
         write_frame(getattr(splits, name), directory / f"{name}.parquet")
     splits.schema.write(directory / "schema.json")
+
+
+# --- split files read in parts: the stages after `split` never need a whole table in memory -------------
+
+
+def parquet_rows(path: Path) -> int:
+    """The number of rows in a Parquet file, from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def read_rows(path: Path, positions: np.ndarray) -> pd.DataFrame:
+    """The rows at the sorted `positions` of a Parquet file, reading only the row groups that hold them."""
+    file = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+    groups = np.searchsorted(starts, positions, side="right") - 1
+    parts = [file.read_row_group(int(group)).take(positions[groups == group] - starts[group])
+             for group in np.unique(groups)]
+    return (pa.concat_tables(parts) if parts else file.schema_arrow.empty_table()).to_pandas()
+
+
+def read_sample(path: Path, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """At most `max_rows` rows of a Parquet file by a seeded draw (rows keep their order); within the limit, all."""
+    n = parquet_rows(path)
+    if max_rows is None or n <= max_rows:
+        return pd.read_parquet(path)
+    return read_rows(path, np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)))
+
+
+def read_development_sample(directory: Path, max_rows: int | None, seed: int) -> Splits:
+    """The split's train and validation rows, or at most `max_rows` of them: each part cut in its own proportion by
+    a seeded draw (rows keep their order), reading only the row groups that hold the drawn rows. Its test part has
+    no rows."""
+    paths = {name: directory / f"{name}.parquet" for name in SPLIT_NAMES}
+    n_train, n_val = parquet_rows(paths["train"]), parquet_rows(paths["val"])
+    if max_rows is None or n_train + n_val <= max_rows:
+        train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
+    else:
+        rng = np.random.default_rng(seed)
+        keep_train = max(2, round(max_rows * n_train / (n_train + n_val)))
+        train = read_rows(paths["train"], np.sort(rng.choice(n_train, size=keep_train, replace=False)))
+        val = read_rows(paths["val"], np.sort(rng.choice(n_val, size=max(2, max_rows - keep_train), replace=False)))
+    test = pq.ParquetFile(paths["test"]).schema_arrow.empty_table().to_pandas()
+    return Splits(train, val, test, Schema.read(directory / "schema.json"))
+
+
+def read_row_ids(path: Path) -> np.ndarray:
+    """A split file's row ids (its index column) alone."""
+    return pq.read_table(path, columns=[ROW_ID]).column(ROW_ID).to_numpy()
+
+
+def numeric_ranges(path: Path, columns: list[str]) -> dict[str, tuple[float, float]]:
+    """Each column's minimum and maximum over the whole file, read one row group at a time."""
+    file = pq.ParquetFile(path)
+    low, high = np.full(len(columns), np.inf), np.full(len(columns), -np.inf)
+    for group in range(file.num_row_groups):
+        values = file.read_row_group(group, columns=columns).to_pandas()[columns].to_numpy(np.float64)
+        low, high = np.minimum(low, values.min(axis=0)), np.maximum(high, values.max(axis=0))
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(columns, low, high, strict=True)}

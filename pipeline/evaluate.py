@@ -39,6 +39,10 @@ from pipeline.data import (  # noqa: E402
     development_folds,
     development_rows,
     features_and_target,
+    numeric_ranges,
+    parquet_rows,
+    read_row_ids,
+    read_sample,
     read_splits,
     sample_fresh,
 )
@@ -66,7 +70,29 @@ TUTORIAL_EPOCHS = 200
 # The metric the registry compares on (lower is better): a proper score for every task.
 PRIMARY_METRIC = {"regression": "rmse", "binary": "log_loss", "multiclass": "log_loss"}
 
+PLOTTED_ROWS = 10_000  # test rows drawn in the plots and their CSV files (all of them up to this many)
+
 Predictor = Callable[[np.ndarray], np.ndarray]  # x -> values (regression) or class probabilities (n, k)
+
+
+def read_evaluation_splits(directory: Path, params: Params) -> Splits:
+    """The split as evaluate needs it: validation and test whole (metrics and the interval's calibration use every
+    row), and the training rows as the sample `learnt_rows` draws (all of them within evaluate.sample_rows). Cross-
+    validated (split.folds > 1) train is read whole too: the folds pool train and val, as in train."""
+    if params.split.folds > 1:
+        return read_splits(directory)
+    train = read_sample(directory / "train.parquet", params.evaluate.sample_rows, params.evaluate.seed)
+    return Splits(train, pd.read_parquet(directory / "val.parquet"), pd.read_parquet(directory / "test.parquet"),
+                  Schema.read(directory / "schema.json"))
+
+
+def learnt_rows(splits: Splits, params: Params) -> pd.DataFrame:
+    """The rows the baselines learn from and the card's profile describes: the model's own training rows (train, or
+    train + val when cross-validated), or a seeded sample of evaluate.sample_rows of them (rows keep their order)."""
+    rows, limit = development_rows(splits, params.split.folds), params.evaluate.sample_rows
+    if limit is None or len(rows) <= limit:
+        return rows
+    return rows.iloc[np.sort(np.random.default_rng(params.evaluate.seed).choice(len(rows), size=limit, replace=False))]
 
 
 def probabilities(model: keras.Model, x: np.ndarray, task: str) -> np.ndarray:
@@ -75,10 +101,8 @@ def probabilities(model: keras.Model, x: np.ndarray, task: str) -> np.ndarray:
     return np.hstack([1 - out, out]) if task == "binary" else out
 
 
-def training_profile(model: keras.Model, splits: Splits, folds: int) -> dict:
-    """The card's reference profile: the rows this model learnt from, and its outputs on them."""
-    schema = splits.schema
-    rows = development_rows(splits, folds)
+def training_profile(model: keras.Model, rows: pd.DataFrame, schema: Schema) -> dict:
+    """The card's reference profile: `rows` (learnt_rows), and the model's outputs on them."""
     x, _ = features_and_target(rows, schema)
     return reference_profile(rows, schema.features, predict(model, x), schema.task, schema.class_labels,
                              schema.categories)
@@ -167,26 +191,27 @@ def conformal_interval(residuals: np.ndarray, predictor: Predictor, splits: Spli
     return {"interval_half_width": half_width, "interval_coverage_test": float(inside.mean())}
 
 
-def tutorial_baseline(splits: Splits, params: Params) -> keras.Model:
-    """The tutorial's configuration (no feature scaling, as in the tutorial) on the rows our model learnt from."""
+def tutorial_baseline(rows: pd.DataFrame, schema: Schema, params: Params) -> keras.Model:
+    """The tutorial's configuration (no feature scaling, as in the tutorial) on `rows` (learnt_rows); an epoch is
+    capped at train.max_epoch_steps steps, as our model's are."""
     seed_everything(params.train.seed)
-    x, y = features_and_target(development_rows(splits, params.split.folds), splits.schema)
+    x, y = features_and_target(rows, schema)
     model = build_model(TUTORIAL, x.shape[1])
-    fit(model, TUTORIAL, (x, y), None, epochs=TUTORIAL_EPOCHS, patience=0)
+    fit(model, TUTORIAL, (x, y), None, epochs=TUTORIAL_EPOCHS, patience=0, max_epoch_steps=params.train.max_epoch_steps)
     return model
 
 
-def sklearn_baselines(splits: Splits, folds: int) -> dict[str, Predictor]:
-    """scikit-learn models fitted on the rows our model learnt from: the training split, or train +
-    val when it is cross-validated (a bag learns from both)."""
-    x, y = features_and_target(development_rows(splits, folds), splits.schema)
-    if splits.schema.task == "regression":
-        linear = make_pipeline(one_hot(splits.schema, "passthrough"), LinearRegression()).fit(x, y[:, 0])
-        ridge = make_pipeline(one_hot(splits.schema, StandardScaler()), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
+def sklearn_baselines(rows: pd.DataFrame, schema: Schema) -> dict[str, Predictor]:
+    """scikit-learn models fitted on `rows`: the rows our model learnt from (the training split, or train + val when
+    it is cross-validated: a bag learns from both), or learnt_rows' sample of them."""
+    x, y = features_and_target(rows, schema)
+    if schema.task == "regression":
+        linear = make_pipeline(one_hot(schema, "passthrough"), LinearRegression()).fit(x, y[:, 0])
+        ridge = make_pipeline(one_hot(schema, StandardScaler()), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x, y[:, 0])
         return {"baseline_linear": linear.predict, "baseline_ridge": ridge.predict}
     labels = y[:, 0].astype(int)
     majority = DummyClassifier(strategy="most_frequent").fit(x, labels)
-    logistic = make_pipeline(one_hot(splits.schema, StandardScaler()), LogisticRegression(max_iter=5000)).fit(x, labels)
+    logistic = make_pipeline(one_hot(schema, StandardScaler()), LogisticRegression(max_iter=5000)).fit(x, labels)
     return {"baseline_majority": majority.predict_proba, "baseline_logistic": logistic.predict_proba}
 
 
@@ -211,10 +236,11 @@ def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, di
         residuals = calibration_residuals(model, splits, params.split.seed)
         ours |= conformal_interval(residuals, predictor, splits, params.evaluate.interval_coverage)
     results = {"model": _rounded(ours)}
-    for name, baseline in sklearn_baselines(splits, params.split.folds).items():
+    rows = learnt_rows(splits, params)
+    for name, baseline in sklearn_baselines(rows, splits.schema).items():
         results[name] = _rounded(score(baseline, splits, params))
     if params.data.is_line:
-        tutorial = tutorial_baseline(splits, params)
+        tutorial = tutorial_baseline(rows, splits.schema, params)
         results["baseline_tutorial"] = _rounded(score(keras_predictor(tutorial, "regression"), splits, params))
     return results
 
@@ -233,13 +259,21 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
+def plotted(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """At most PLOTTED_ROWS of `frame`'s rows, a seeded draw (rows keep their order): a plot of a million points shows
+    no more, and a CSV of them is too big for `dvc plots` to render."""
+    if len(frame) <= PLOTTED_ROWS:
+        return frame
+    return frame.iloc[np.sort(np.random.default_rng(seed).choice(len(frame), size=PLOTTED_ROWS, replace=False))]
+
+
 def plot_line(model: keras.Model, splits: Splits, params: Params, path: Path) -> None:
-    """The tutorial's picture: the data, the true line and the network's prediction."""
+    """The tutorial's picture: the data (PLOTTED_ROWS of each part at most), the true line and the network's prediction."""
     grid = np.linspace(params.data.x_min, params.data.x_max, 200, dtype=np.float32).reshape(-1, 1)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, style in (("train", dict(c="tab:blue", s=14)), ("val", dict(c="tab:orange", s=14)),
                         ("test", dict(c="tab:red", s=22, marker="x"))):
-        frame = getattr(splits, name)
+        frame = plotted(getattr(splits, name), params.evaluate.seed)
         ax.scatter(frame["x"], frame["y"], label=f"{name} data ({len(frame)})", alpha=0.8, **style)
     ax.plot(grid, params.data.slope * grid + params.data.intercept, "k--", lw=1,
             label=f"true line y = {params.data.slope:g}x + {params.data.intercept:g}")
@@ -250,22 +284,22 @@ def plot_line(model: keras.Model, splits: Splits, params: Params, path: Path) ->
     _save(fig, path)
 
 
-def plot_predicted_vs_actual(frame: pd.DataFrame, target: str, path: Path) -> None:
+def plot_predicted_vs_actual(frame: pd.DataFrame, target: str, rows: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
     ax.scatter(frame[target], frame["prediction"], c="tab:green", s=16)
     low, high = frame[[target, "prediction"]].min().min(), frame[[target, "prediction"]].max().max()
     ax.plot([low, high], [low, high], "k--", lw=1, label="perfect prediction")
-    ax.set(xlabel=f"actual {target}", ylabel="predicted", title="Predictions vs data (test set)")
+    ax.set(xlabel=f"actual {target}", ylabel="predicted", title=f"Predictions vs data ({rows})")
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def plot_residuals(frame: pd.DataFrame, x_column: str, path: Path) -> None:
+def plot_residuals(frame: pd.DataFrame, x_column: str, rows: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     ax.axhline(0, c="k", lw=1)
     ax.scatter(frame[x_column], frame["residual"], c="tab:red")
-    ax.set(xlabel=x_column, ylabel="actual - prediction", title="Test-set residuals")
+    ax.set(xlabel=x_column, ylabel="actual - prediction", title=f"Residuals ({rows})")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -287,12 +321,12 @@ def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_classification(y_true: np.ndarray, proba: np.ndarray, schema: Schema, directory: Path) -> None:
+def plot_classification(y_true: np.ndarray, proba: np.ndarray, schema: Schema, rows: str, directory: Path) -> None:
     labels = [str(label) for label in schema.class_labels]
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
     skm.ConfusionMatrixDisplay.from_predictions(y_true, proba.argmax(axis=1), labels=range(len(labels)),
                                                 display_labels=labels, ax=ax, colorbar=False)
-    ax.set_title("Confusion matrix (test set)")
+    ax.set_title(f"Confusion matrix ({rows})")
     _save(fig, directory / "confusion_matrix.png")
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
     classes = [1] if schema.task == "binary" else range(len(labels))
@@ -300,35 +334,37 @@ def plot_classification(y_true: np.ndarray, proba: np.ndarray, schema: Schema, d
         name = labels[k] if schema.task == "multiclass" else f"{labels[1]} vs {labels[0]}"
         skm.RocCurveDisplay.from_predictions(y_true == k, proba[:, k], name=name, ax=roc_ax)
         skm.PrecisionRecallDisplay.from_predictions(y_true == k, proba[:, k], name=name, ax=pr_ax)
-    roc_ax.set_title("ROC curve(s), test set")
-    pr_ax.set_title("Precision-recall curve(s), test set")
+    roc_ax.set_title(f"ROC curve(s), {rows}")
+    pr_ax.set_title(f"Precision-recall curve(s), {rows}")
     _save(fig, directory / "roc_pr_curves.png")
 
 
 def write_plots(model: keras.Model, splits: Splits, params: Params, ws: Workspace) -> None:
-    """PNG pictures plus the CSV files that `dvc plots` renders."""
+    """PNG pictures plus the CSV files that `dvc plots` renders, of the test rows (PLOTTED_ROWS of them at most)."""
     schema = splits.schema
-    x_test, y_test = features_and_target(splits.test, schema)
+    test = plotted(splits.test, params.evaluate.seed)
+    rows = "test set" if len(test) == len(splits.test) else f"test set, {len(test):,} of {len(splits.test):,} rows"
+    x_test, y_test = features_and_target(test, schema)
     directory = ws.plots
     plot_learning_curve(pd.read_csv(ws.learning_curve), directory / "learning_curve.png")
     if schema.task == "regression":
-        frame = splits.test.assign(prediction=predict(model, x_test)[:, 0])
+        frame = test.assign(prediction=predict(model, x_test)[:, 0])
         frame["residual"] = frame[schema.target] - frame["prediction"]
         _write_csv(frame[[schema.target, "prediction"]].rename(columns={schema.target: "actual"}),
                    directory / "predictions.csv")
         if params.data.is_line:
             plot_line(model, splits, params, directory / "predictions.png")
-            plot_residuals(frame, "x", directory / "residuals.png")
+            plot_residuals(frame, "x", rows, directory / "residuals.png")
         else:
-            plot_predicted_vs_actual(frame, schema.target, directory / "predictions.png")
-            plot_residuals(frame, "prediction", directory / "residuals.png")
+            plot_predicted_vs_actual(frame, schema.target, rows, directory / "predictions.png")
+            plot_residuals(frame, "prediction", rows, directory / "residuals.png")
         return
     proba = probabilities(model, x_test, schema.task)
     labels = np.array([str(label) for label in schema.class_labels])
     truth = y_test[:, 0].astype(int)
     _write_csv(pd.DataFrame({"actual": labels[truth], "predicted": labels[proba.argmax(axis=1)]}),
                directory / "confusion.csv")
-    plot_classification(truth, proba, schema, directory)
+    plot_classification(truth, proba, schema, rows, directory)
 
 
 def baseline_lines(metrics: dict[str, dict], primary: str) -> list[str]:
@@ -375,8 +411,14 @@ def served_model_lines(metrics: dict) -> list[str]:
 
 def main(params: Params, ws: Workspace) -> None:
     ensure_writable(ws.metrics, ws.registry, ws.plots / "x")
-    splits = read_splits(ws.split_dir)
+    splits = read_evaluation_splits(ws.split_dir, params)
     schema = splits.schema
+    learnt, learnt_total = learnt_rows(splits, params), parquet_rows(ws.split_dir / "train.parquet")
+    if params.split.folds > 1:
+        learnt_total += len(splits.val)
+    if len(learnt) < learnt_total:
+        print(f"evaluate: the baselines and the card's training profile use a sample of {len(learnt):,} of the model's"
+              f" {learnt_total:,} training rows (evaluate.sample_rows); the metrics use every test row", flush=True)
     model = keras.saving.load_model(ws.model, safe_mode=True)
     metrics = {"task": schema.task, **evaluate(model, splits, params)}
     write_plots(model, splits, params, ws)
@@ -392,12 +434,14 @@ def main(params: Params, ws: Workspace) -> None:
         mlflow.log_artifacts(str(ws.plots), artifact_path="plots")
         tracking.log_data_inputs(params.data, schema.target, {"testing": splits.test})
 
-    development_ids = np.concatenate([splits.train.index.to_numpy(), splits.val.index.to_numpy()])
+    development_ids = np.concatenate([read_row_ids(ws.split_dir / f"{part}.parquet") for part in ("train", "val")])
     test_ids = splits.test.index.to_numpy()
     fingerprint = split_fingerprint(development_ids, test_ids)
     log_development_rows(run_id, development_ids)
-    card = model_card(params.tracking.registered_model, splits, metrics["model"], interval_spec(model, splits, params),
-                      train_run, fingerprint, training_profile(model, splits, params.split.folds))
+    numeric = [name for name in schema.features if name not in schema.categories]
+    card = model_card(params.tracking.registered_model, schema, numeric_ranges(ws.split_dir / "train.parquet", numeric),
+                      metrics["model"], interval_spec(model, splits, params), train_run, fingerprint,
+                      training_profile(model, learnt, schema))
     log_card(run_id, card)
 
     name, primary = params.tracking.registered_model, PRIMARY_METRIC[schema.task]
@@ -415,7 +459,7 @@ def main(params: Params, ws: Workspace) -> None:
         {**compatibility, SPLIT_FINGERPRINT_TAG: fingerprint, "data_sha256": card["data_hash"] or ""},
     )
     # The runs list shows names first: the version and the data tell apart runs with the same settings.
-    rows = len(splits.train) + len(splits.val) + len(splits.test)
+    rows = len(development_ids) + len(test_ids)
     MlflowClient().set_tag(run_id, "mlflow.runName", f"{train_run.info.run_name.split(' · ')[0]} · "
                                                      f"{tracking.data_name(params.data)}, {rows} rows · v{registry['version']}")
     runs_view.publish(train_run.info.experiment_id, schema.task)

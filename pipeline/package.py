@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.artifacts import atomic_dir, ensure_writable, file_sha256, write_json
 from pipeline.config import Params
-from pipeline.data import Splits, features_and_target, read_splits
+from pipeline.data import Schema, features_and_target, numeric_ranges, read_sample
 from pipeline.errors import PipelineError
 from pipeline.card import stored_card, validated
 from pipeline.paths import Workspace
@@ -32,15 +32,18 @@ from pipeline.registry import CHAMPION
 
 PROVENANCE_FILE = "provenance.json"  # the service's model_bundle.PROVENANCE_FILE
 PARITY_TOLERANCE = 1e-5
+PARITY_TEST_ROWS = 20_000  # the test rows checked (all of them up to this many); the far points add the extremes
 
 
-def parity_inputs(splits: Splits) -> np.ndarray:
-    """The test set plus points far outside the training range (10x its span on each side); in those,
-    each categorical column cycles through every index of its vocabulary, 0 (out-of-vocabulary) too."""
-    schema = splits.schema
-    x_test, _ = features_and_target(splits.test, schema)
-    x_train, _ = features_and_target(splits.train, schema)
-    low, high = x_train.min(axis=0), x_train.max(axis=0)
+def parity_inputs(split_dir: Path) -> np.ndarray:
+    """Test rows (a seeded sample of PARITY_TEST_ROWS at most) plus points far outside the training range (10x its
+    span on each side, from the training split's minimum and maximum); in those, each categorical column cycles
+    through every index of its vocabulary, 0 (out-of-vocabulary) too."""
+    schema = Schema.read(split_dir / "schema.json")
+    x_test, _ = features_and_target(read_sample(split_dir / "test.parquet", PARITY_TEST_ROWS, seed=0), schema)
+    ranges = numeric_ranges(split_dir / "train.parquet", [n for n in schema.features if n not in schema.categories])
+    low, high = (np.array([ranges.get(name, (0.0, 0.0))[end] for name in schema.features], dtype=np.float32)
+                 for end in (0, 1))
     span = np.maximum(high - low, 1e-6)
     rows = max([201] + [len(vocab) + 1 for vocab in schema.categories.values()])
     far = np.linspace(low - 10 * span, high + 10 * span, rows, dtype=np.float32)
@@ -109,9 +112,8 @@ def main(params: Params, ws: Workspace) -> None:
     version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     run = MlflowClient().get_run(version.run_id) if version.run_id else None
     model = mlflow.tensorflow.load_model(f"models:/{name}@{CHAMPION}", keras_model_kwargs={"safe_mode": True})
-    splits = read_splits(ws.split_dir)
     with atomic_dir(ws.package) as staging:
-        gap = export_onnx(model, staging / "model.onnx", parity_inputs(splits))
+        gap = export_onnx(model, staging / "model.onnx", parity_inputs(ws.split_dir))
         write_json(staging / "card.json", validated({**stored_card(version), "onnx_parity_max_abs_diff": gap}))
         write_json(staging / PROVENANCE_FILE, provenance(version, run, staging / "model.onnx"))
     tag = store_and_build(ws, name)

@@ -18,15 +18,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from pipeline.data import Schema, features_and_target
+from pipeline.data import Schema, features_and_target, parquet_rows
 from pipeline.model import BatchStream, ColumnStats
 
 MIX_GROUPS = 4  # row groups shuffled together: a mini-batch draws from 4 random parts of the file
-
-
-def parquet_rows(path: Path) -> int:
-    """The number of rows in a Parquet file, from its footer."""
-    return pq.ParquetFile(path).metadata.num_rows
 
 
 def encoded_groups(path: Path, schema: Schema, groups: Iterator[int] | None = None

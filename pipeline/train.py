@@ -18,7 +18,8 @@ from pipeline import streaming, tracking
 from pipeline.artifacts import atomic_path, ensure_writable, file_sha256
 from pipeline.config import HyperParams, Params
 from pipeline.console import EpochProgress
-from pipeline.data import SPLIT_NAMES, Fold, Schema, Splits, development_folds, features_and_target, read_splits
+from pipeline.data import (SPLIT_NAMES, Fold, Schema, Splits, development_folds, features_and_target, parquet_rows,
+                           read_splits)
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
 from pipeline.model import (
@@ -110,7 +111,7 @@ def training_data(params: Params, split_dir: Path) -> TrainingData:
     schema = Schema.read(split_dir / "schema.json")
     val_path = split_dir / "val.parquet"
     fold = Fold(streaming.stream(train_path, schema, params.train.seed), streaming.read_encoded(val_path, schema))
-    n_rows = sum(streaming.parquet_rows(split_dir / f"{name}.parquet") for name in SPLIT_NAMES)
+    n_rows = sum(parquet_rows(split_dir / f"{name}.parquet") for name in SPLIT_NAMES)
     return TrainingData([fold], schema, streaming.head(train_path, 5), {"training": train_path, "validation": val_path},
                         n_rows)
 

@@ -31,7 +31,7 @@ import optuna
 from pipeline import tracking
 from pipeline.artifacts import ensure_writable, file_sha256, write_text
 from pipeline.config import HyperParams, Params, SearchSpace
-from pipeline.data import Splits, development_folds, read_splits, sample_development
+from pipeline.data import Splits, development_folds, parquet_rows, read_development_sample
 from pipeline.errors import PipelineError
 from pipeline.paths import Workspace
 from pipeline.imports import closure, module_file
@@ -97,13 +97,14 @@ def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
     return optuna.TrialPruned(reason)
 
 
-def trial_rows(splits: Splits, params: Params) -> Splits:
-    """The rows trials fit and validate on: all of them, or tune.sample_rows of them (said in one line)."""
-    sample = sample_development(splits, params.tune.sample_rows, params.tune.seed)
-    if sample is not splits:
+def trial_rows(directory: Path, params: Params) -> Splits:
+    """The rows trials fit and validate on: all train + val rows, or a sample of tune.sample_rows of them (said in one
+    line), read without loading the rest of the table."""
+    sample = read_development_sample(directory, params.tune.sample_rows, params.tune.seed)
+    total = parquet_rows(directory / "train.parquet") + parquet_rows(directory / "val.parquet")
+    if len(sample.train) + len(sample.val) < total:
         print(f"tune: trials fit and validate on a sample of {len(sample.train) + len(sample.val):,} of the"
-              f" {len(splits.train) + len(splits.val):,} train + val rows (tune.sample_rows); train uses them all",
-              flush=True)
+              f" {total:,} train + val rows (tune.sample_rows); train uses them all", flush=True)
     return sample
 
 
@@ -164,8 +165,8 @@ def open_study(params: Params, ws: Workspace, storage: optuna.storages.RDBStorag
 
 
 def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) -> HyperParams | None:
-    """Run the study up to `n_trials` finished trials (with any workers that joined) and return the best trial's
-    hyperparameters; a worker only runs trials and returns None."""
+    """Run the study on `splits` (the trial rows) up to `n_trials` finished trials (with any workers that joined) and
+    return the best trial's hyperparameters; a worker only runs trials and returns None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment_id = tracking.configure(params.tracking)
     on_lost = LostTrials()
@@ -176,7 +177,7 @@ def tune(splits: Splits, params: Params, ws: Workspace, worker: bool = False) ->
     target = study.user_attrs.get(TARGET_ATTR, params.tune.n_trials)
     progress = ProgressBar(target, min(finished_trials(study), target), deadline=study.user_attrs.get(DEADLINE_ATTR))
     try:
-        done = run_trials(study, storage, make_objective(trial_rows(splits, params), params), params.tune.n_trials, [logger, progress])
+        done = run_trials(study, storage, make_objective(splits, params), params.tune.n_trials, [logger, progress])
     finally:
         progress.close()
     if params.tune.timeout_minutes is not None and finished_trials(study) < target:
@@ -254,13 +255,13 @@ def read_best_params(path: Path) -> HyperParams:
 
 def main(params: Params, ws: Workspace, worker: bool = False) -> None:
     if worker:  # joins the stage's study; writes no outputs
-        tune(read_splits(ws.split_dir), params, ws, worker=True)
+        tune(trial_rows(ws.split_dir, params), params, ws, worker=True)
         return
     ensure_writable(ws.best_params)
     if params.tune.n_trials == 0:
         write_best_params(params.train.hyperparams, ws.best_params)
         print("tune: n_trials = 0, using train.hyperparams as they are")
         return
-    best = tune(read_splits(ws.split_dir), params, ws)
+    best = tune(trial_rows(ws.split_dir, params), params, ws)
     write_best_params(best, ws.best_params)
     print(f"tune: best {best.model_dump()}")

@@ -13,20 +13,25 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.data import Schema, features_and_target
+from pipeline.model import predict
+
 from tests.conftest import CATEGORICAL_PARAMS, Project
 from tests.service.conftest import Server
 
 pytestmark = pytest.mark.slow
 
 # Two cases with a bag of 2 networks (split.folds), one of them with the README's profile for tables;
-# one with one network, trained streamed from its Parquet split (train.stream_above_rows). (The built project runs the default source, the tutorial's line.) The file is
+# one with one network, trained streamed from its Parquet split (train.stream_above_rows), tuned and evaluated on
+# samples read from it (tune.sample_rows, evaluate.sample_rows). (The built project runs the default source, the tutorial's line.) The file is
 # the example table with categorical columns, run once per test run (the container test serves it too).
 CASES = {
     "file-regression": CATEGORICAL_PARAMS,
     "sklearn-binary": {"data": {"source": "sklearn", "sklearn": {"name": "breast_cancer"}}, "split": {"folds": 2},
                        "tune": {"select": "one_se", "space": {"l2": {"low": 1.0e-4, "high": 0.1}}}},
-    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 150}, "split": {"folds": 1},
-                             "train": {"stream_above_rows": 50}},
+    "synthetic-multiclass": {"data": {"synthetic": "classification", "n_samples": 300}, "split": {"folds": 1},
+                             "train": {"stream_above_rows": 50}, "tune": {"sample_rows": 100},
+                             "evaluate": {"sample_rows": 100}},
 }
 EXPECTED = {
     "file-regression": ("regression", {"rmse", "mae", "r2", "interval_coverage_test"}, {"baseline_linear", "baseline_ridge"}),
@@ -47,7 +52,7 @@ def test_repro_for_each_source_and_task(request, case):
         project.set_params(CASES[case])
         output = project.run("dvc", "repro").stdout
     root = project.path
-    if "tune" in CASES[case]:
+    if "space" in CASES[case].get("tune", {}):
         chosen = yaml.safe_load((root / "models/best_params.yaml").read_text())
         assert 1e-4 <= chosen["l2"] <= 0.1
         assert ("has the lowest mean validation loss" in output
@@ -87,7 +92,25 @@ def test_repro_for_each_source_and_task(request, case):
         assert "generate" in copy.run("dvc", "status").stdout  # the user's file is a dependency
     if case == "synthetic-multiclass":
         assert "train: streaming " in output and "(more than train.stream_above_rows = 50)" in output
+        check_sampled_stages(root, output, model, metrics, card)
         check_served_classifier(root, card)
+
+
+def check_sampled_stages(root, output, model, metrics, card):
+    """tune and evaluate read samples of the split files; the metrics still cover every test row, and the card's
+    ranges every training row."""
+    assert "tune: trials fit and validate on a sample of 100 of the 240 train + val rows" in output
+    assert ("evaluate: the baselines and the card's training profile use a sample of 100 of the model's 180 training"
+            " rows (evaluate.sample_rows)") in output
+    assert card["profile"]["rows"] == 100
+    test = pd.read_parquet(root / "data/split/test.parquet")
+    schema = Schema.read(root / "data/split/schema.json")
+    x, y = features_and_target(test, schema)
+    assert len(test) == 60
+    assert metrics["model"]["accuracy"] == round(float((predict(model, x).argmax(axis=1) == y[:, 0]).mean()), 6)
+    train = pd.read_parquet(root / "data/split/train.parquet")
+    assert {f["name"]: (f["min"], f["max"]) for f in card["features"]} == \
+        {name: (train[name].min(), train[name].max()) for name in schema.features}
 
 
 def check_categorical_run(output, card):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import SplitConfig, load_params
-from pipeline.data import (DataError, development_folds, development_rows, features_and_target, load, row_ids,
-                           sample_development, sample_fresh, split)
+from pipeline import data
+from pipeline.data import (DataError, development_folds, development_rows, features_and_target, load,
+                           read_development_sample, row_ids, sample_fresh, split, write_splits)
 from pipeline.data import generate_line as generate
 from tests.conftest import ROOT
 
@@ -51,19 +53,57 @@ def test_split_fractions_seed_and_disjointness():
     assert set(split(frame, schema, cfg.model_copy(update={"seed": 4})).test.index) != indices[2]
 
 
-def test_trials_sample_is_a_no_op_on_small_tables_and_a_seeded_proportional_subset_beyond():
+@pytest.fixture
+def split_files(tmp_path, monkeypatch):
+    """A split of 400 rows with two categorical columns, written in row groups of 16 rows (as `split` writes a big
+    table in groups of 16,384), so that reading in parts crosses many groups."""
+    monkeypatch.setattr(data, "ROW_GROUP_ROWS", 16)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=400), "color": rng.choice(["red", "blue"], 400),
+                          "zip": rng.choice([f"z{i}" for i in range(30)], 400), "y": rng.normal(size=400)})
+    table, schema = data.prepare(frame, "y", None, "regression", "none")
+    parts = split(table, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=3, folds=1))
+    write_splits(parts, tmp_path)
+    return tmp_path, parts
+
+
+def test_split_files_read_in_parts_equal_the_whole_table(split_files):
+    directory, parts = split_files
+    path = directory / "train.parquet"
+    whole = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(whole, parts.train, check_dtype=False)
+    assert pq.ParquetFile(path).num_row_groups == 15 and data.parquet_rows(path) == 240
+    positions = np.array([0, 5, 16, 17, 100, 239])
+    pd.testing.assert_frame_equal(data.read_rows(path, positions), whole.iloc[positions])
+    np.testing.assert_array_equal(data.read_row_ids(path), parts.train.index.to_numpy())
+    assert data.numeric_ranges(path, ["a", "y"]) == {"a": (whole["a"].min(), whole["a"].max()),
+                                                     "y": (whole["y"].min(), whole["y"].max())}
+    pd.testing.assert_frame_equal(data.read_sample(path, 240, seed=0), whole)
+    sample = data.read_sample(path, 50, seed=0)
+    positions = whole.index.get_indexer(sample.index)
+    assert len(sample) == 50 and list(positions) == sorted(positions) and len(set(positions)) == 50
+    pd.testing.assert_frame_equal(sample, whole.iloc[positions])
+    assert set(data.read_sample(path, 50, seed=1).index) != set(sample.index)
+
+
+def test_trials_sample_is_a_no_op_on_small_tables_and_a_seeded_proportional_subset_beyond(split_files):
     """tune.sample_rows: a table within the limit is used as it is; a bigger one gives a seeded sample of its train and
-    validation rows in their own proportion and order, and the test rows are untouched."""
-    frame, schema = load(TUTORIAL)
-    parts = split(frame, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=3, folds=1))
-    assert sample_development(parts, 80, seed=0) is parts and sample_development(parts, None, seed=0) is parts
-    sample = sample_development(parts, 40, seed=0)
-    assert (len(sample.train), len(sample.val)) == (30, 10) and sample.test is parts.test
-    assert set(sample.train.index) < set(parts.train.index) and set(sample.val.index) < set(parts.val.index)
-    positions = parts.train.index.get_indexer(sample.train.index)
-    assert list(positions) == sorted(positions)
-    pd.testing.assert_frame_equal(sample.train, sample_development(parts, 40, seed=0).train)
-    assert set(sample_development(parts, 40, seed=1).train.index) != set(sample.train.index)
+    validation rows in their own proportion and order, read without the rest of the table; no test rows."""
+    directory, _ = split_files
+    parts = data.read_splits(directory)
+    whole = read_development_sample(directory, 320, seed=0)
+    pd.testing.assert_frame_equal(whole.train, parts.train)
+    pd.testing.assert_frame_equal(whole.val, parts.val)
+    pd.testing.assert_frame_equal(read_development_sample(directory, None, seed=0).train, parts.train)
+    sample = read_development_sample(directory, 40, seed=0)
+    assert (len(sample.train), len(sample.val)) == (30, 10)
+    assert len(sample.test) == 0 and list(sample.test.columns) == list(parts.test.columns)
+    for drawn, part in ((sample.train, parts.train), (sample.val, parts.val)):
+        positions = part.index.get_indexer(drawn.index)
+        assert (positions >= 0).all() and list(positions) == sorted(positions)
+        pd.testing.assert_frame_equal(drawn, part.iloc[positions])
+    pd.testing.assert_frame_equal(sample.train, read_development_sample(directory, 40, seed=0).train)
+    assert set(read_development_sample(directory, 40, seed=1).train.index) != set(sample.train.index)
 
 
 def test_split_refuses_too_few_rows():

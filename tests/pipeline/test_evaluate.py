@@ -78,8 +78,10 @@ def test_primary_score_on_a_subset_of_test_rows(fitted):
 def test_the_card_is_valid_for_the_service_and_carries_the_fill_values(fitted):
     model, splits = fitted
     run = SimpleNamespace(data=SimpleNamespace(tags={"data_sha256": "abc"}, params={"units_1": "10"}))
-    profile = training_profile(model, splits, PARAMS.split.folds)
-    card = model_card("line-mlp", splits, {"rmse": 0.1}, interval_spec(model, splits, PARAMS), run, "f00d", profile)
+    profile = training_profile(model, splits.train, splits.schema)
+    ranges = {"x": (float(splits.train["x"].min()), float(splits.train["x"].max()))}
+    card = model_card("line-mlp", splits.schema, ranges, {"rmse": 0.1}, interval_spec(model, splits, PARAMS), run, "f00d",
+                      profile)
     parsed = ModelCard.model_validate(json.loads(json.dumps(card)))
     assert parsed.name == "line-mlp" and parsed.imputation is None and parsed.split_fingerprint == "f00d"
     # The profile is this model's: its training rows, and its own predictions on them.
@@ -92,7 +94,7 @@ def test_the_card_is_valid_for_the_service_and_carries_the_fill_values(fitted):
     x[4] = np.nan
     table, schema = prepare(pd.DataFrame({"x": x, "y": np.arange(30.0) * 2}), "y", None, "regression", "mean")
     imputing = split(table, schema, SplitConfig(train=0.6, val=0.2, test=0.2, seed=0, folds=1))
-    card = model_card("m", imputing, {}, {"method": "split-conformal", "default_coverage": 0.9,
+    card = model_card("m", imputing.schema, {"x": (0.0, 29.0)}, {}, {"method": "split-conformal", "default_coverage": 0.9,
                                           "abs_residuals": [0.1]}, run, "f")
     assert card["imputation"] == {"method": "mean", "values": {"x": imputing.schema.fill_values["x"]}}
     with pytest.raises(ValueError, match=r"\['surprise'\] are not declared"):

@@ -12,7 +12,7 @@ import pytest
 from pipeline import package
 from pipeline.artifacts import file_sha256
 from pipeline.config import HyperParams
-from pipeline.data import Schema, Splits, features_and_target
+from pipeline.data import Schema, Splits, features_and_target, write_splits
 from pipeline.errors import PipelineError
 from pipeline.model import build_model, save_model, seed_everything
 from pipeline.train import categorical_inputs
@@ -68,6 +68,7 @@ def test_a_model_with_categories_exports_with_parity_on_every_index(tmp_path):
     assert {layer.name for layer in built.layers} >= {"onehot_1", "embed_2"}
     save_model(built, tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
-    inputs = package.parity_inputs(splits)
+    write_splits(splits, tmp_path / "split")
+    inputs = package.parity_inputs(tmp_path / "split")
     assert set(inputs[:, 2]) == set(range(len(schema.categories["zip"]) + 1))  # every index, 0 too
     assert package.export_onnx(loaded, tmp_path / "model.onnx", inputs) <= package.PARITY_TOLERANCE

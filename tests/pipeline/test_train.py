@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import parse_params
-from pipeline.data import development_folds, load, split
+from pipeline.data import development_folds, development_rows, load, split
 from pipeline.evaluate import calibration_residuals, interval_calibration, sklearn_baselines
 from pipeline.model import members_of, predict
 from pipeline.train import learning_curve, train
@@ -74,6 +74,6 @@ def test_a_trial_scores_the_networks_the_train_stage_then_builds():
 def test_baselines_learn_from_the_rows_the_bag_learnt_from():
     params, splits = setup({"data": {"synthetic": "classification", "n_samples": 150}})
     x_val = splits.val[splits.schema.features].to_numpy(np.float32)
-    on_train = sklearn_baselines(splits, 1)["baseline_logistic"](x_val)
-    on_development = sklearn_baselines(splits, 3)["baseline_logistic"](x_val)
+    on_train = sklearn_baselines(development_rows(splits, 1), splits.schema)["baseline_logistic"](x_val)
+    on_development = sklearn_baselines(development_rows(splits, 3), splits.schema)["baseline_logistic"](x_val)
     assert not np.allclose(on_train, on_development)  # the validation rows changed the fit
