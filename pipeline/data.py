@@ -442,6 +442,18 @@ def write_splits(splits: Splits, directory: Path) -> None:
 # --- split files read in parts: the stages after `split` never need a whole table in memory -------------
 
 
+def drawn(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """`k` of the positions 0..n-1, drawn without replacement, in ascending order (a sample keeps the rows' order)."""
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def sampled(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """At most `max_rows` of `frame`'s rows by a seeded draw; within the limit, the frame itself."""
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    return frame.iloc[drawn(len(frame), max_rows, np.random.default_rng(seed))]
+
+
 def parquet_rows(path: Path) -> int:
     """The number of rows in a Parquet file, from its footer."""
     return pq.ParquetFile(path).metadata.num_rows
@@ -462,7 +474,7 @@ def read_sample(path: Path, max_rows: int | None, seed: int) -> pd.DataFrame:
     n = parquet_rows(path)
     if max_rows is None or n <= max_rows:
         return pd.read_parquet(path)
-    return read_rows(path, np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)))
+    return read_rows(path, drawn(n, max_rows, np.random.default_rng(seed)))
 
 
 def read_development_sample(directory: Path, max_rows: int | None, seed: int) -> Splits:
@@ -476,8 +488,8 @@ def read_development_sample(directory: Path, max_rows: int | None, seed: int) ->
     else:
         rng = np.random.default_rng(seed)
         keep_train = max(2, round(max_rows * n_train / (n_train + n_val)))
-        train = read_rows(paths["train"], np.sort(rng.choice(n_train, size=keep_train, replace=False)))
-        val = read_rows(paths["val"], np.sort(rng.choice(n_val, size=max(2, max_rows - keep_train), replace=False)))
+        train = read_rows(paths["train"], drawn(n_train, keep_train, rng))
+        val = read_rows(paths["val"], drawn(n_val, max(2, max_rows - keep_train), rng))
     test = pq.ParquetFile(paths["test"]).schema_arrow.empty_table().to_pandas()
     return Splits(train, val, test, Schema.read(directory / "schema.json"))
 

@@ -45,6 +45,7 @@ from pipeline.data import (  # noqa: E402
     read_sample,
     read_splits,
     sample_fresh,
+    sampled,
 )
 from pipeline.model import build_model, fit, members_of, predict, seed_everything  # noqa: E402
 from pipeline.card import log_card, model_card, stored_card  # noqa: E402
@@ -71,6 +72,7 @@ TUTORIAL_EPOCHS = 200
 PRIMARY_METRIC = {"regression": "rmse", "binary": "log_loss", "multiclass": "log_loss"}
 
 PLOTTED_ROWS = 10_000  # test rows drawn in the plots and their CSV files (all of them up to this many)
+CARD_RESIDUALS = 10_000  # calibration residuals in the card at most (see thinned)
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # x -> values (regression) or class probabilities (n, k)
 
@@ -89,10 +91,7 @@ def read_evaluation_splits(directory: Path, params: Params) -> Splits:
 def learnt_rows(splits: Splits, params: Params) -> pd.DataFrame:
     """The rows the baselines learn from and the card's profile describes: the model's own training rows (train, or
     train + val when cross-validated), or a seeded sample of evaluate.sample_rows of them (rows keep their order)."""
-    rows, limit = development_rows(splits, params.split.folds), params.evaluate.sample_rows
-    if limit is None or len(rows) <= limit:
-        return rows
-    return rows.iloc[np.sort(np.random.default_rng(params.evaluate.seed).choice(len(rows), size=limit, replace=False))]
+    return sampled(development_rows(splits, params.split.folds), params.evaluate.sample_rows, params.evaluate.seed)
 
 
 def probabilities(model: keras.Model, x: np.ndarray, task: str) -> np.ndarray:
@@ -171,6 +170,17 @@ def calibration_residuals(model: keras.Model, splits: Splits, seed: int) -> np.n
     return np.sort(np.concatenate(residuals))
 
 
+def thinned(residuals: np.ndarray) -> np.ndarray:
+    """At most CARD_RESIDUALS of the sorted `residuals`, which the card carries and the service reads at start: the
+    order statistics at ranks ceil(i * n / K), i = 1..K. With n >= K the conformal rank ceil((K + 1) * c) among
+    them is rank >= ceil((n + 1) * c) among all n, so every interval is at least as wide as from all of them (or
+    unbounded), and at most 2n / K + 1 ranks wider: with K = 10,000, coverage rises by at most 0.0002."""
+    n, k = len(residuals), CARD_RESIDUALS
+    if n <= k:
+        return residuals
+    return residuals[-(-np.arange(1, k + 1) * n // k) - 1]
+
+
 def interval_calibration(model: keras.Model) -> tuple[str, str]:
     """(conformal method, rows it is calibrated on), as `calibration_residuals` computes them."""
     n = len(members_of(model))
@@ -233,7 +243,7 @@ def evaluate(model: keras.Model, splits: Splits, params: Params) -> dict[str, di
     predictor = keras_predictor(model, splits.schema.task)
     ours = score(predictor, splits, params)
     if splits.schema.task == "regression":
-        residuals = calibration_residuals(model, splits, params.split.seed)
+        residuals = thinned(calibration_residuals(model, splits, params.split.seed))
         ours |= conformal_interval(residuals, predictor, splits, params.evaluate.interval_coverage)
     results = {"model": _rounded(ours)}
     rows = learnt_rows(splits, params)
@@ -262,9 +272,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def plotted(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     """At most PLOTTED_ROWS of `frame`'s rows, a seeded draw (rows keep their order): a plot of a million points shows
     no more, and a CSV of them is too big for `dvc plots` to render."""
-    if len(frame) <= PLOTTED_ROWS:
-        return frame
-    return frame.iloc[np.sort(np.random.default_rng(seed).choice(len(frame), size=PLOTTED_ROWS, replace=False))]
+    return sampled(frame, PLOTTED_ROWS, seed)
 
 
 def plot_line(model: keras.Model, splits: Splits, params: Params, path: Path) -> None:
@@ -385,7 +393,10 @@ def interval_spec(model: keras.Model, splits: Splits, params: Params) -> dict | 
     if splits.schema.task != "regression":
         return None
     method, calibration = interval_calibration(model)
-    residuals = calibration_residuals(model, splits, params.split.seed)
+    every = calibration_residuals(model, splits, params.split.seed)
+    residuals = thinned(every)
+    if len(residuals) < len(every):
+        calibration += f"; {len(residuals):,} order statistics of its {len(every):,} residuals"
     return {"method": method, "calibration": calibration, "default_coverage": params.evaluate.interval_coverage,
             "abs_residuals": [round(float(r), 8) for r in residuals]}
 

@@ -25,12 +25,14 @@ def test_a_tie_is_not_flagged():
 # --- in-process, on real data, a real Keras model and the service's own schema -----------------
 
 import json  # noqa: E402
+import math  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from pipeline import evaluate  # noqa: E402
 from pipeline.card import model_card, validated  # noqa: E402
 from pipeline.config import SplitConfig, load_params  # noqa: E402
 from pipeline.data import load, prepare, split  # noqa: E402
@@ -107,3 +109,29 @@ def test_the_console_names_the_served_version():
     kept = {"versions": {"candidate": "3", "served": "2", "served_metrics": {"rmse": 0.081, "r2": 0.99}}}
     assert served_model_lines(kept) == ["package ships v2, not this run's v3; v2's test figures (on its own test "
                                         "set): rmse 0.081, r2 0.99"]
+
+
+def test_the_card_keeps_at_most_card_residuals_order_statistics_and_no_interval_gets_narrower():
+    rng = np.random.default_rng(0)
+    every = np.sort(np.abs(rng.normal(size=25_001)))
+    kept = evaluate.thinned(every)
+    assert len(kept) == evaluate.CARD_RESIDUALS and kept[-1] == every[-1]
+    within = every[:10_000]
+    assert evaluate.thinned(within) is within  # up to CARD_RESIDUALS: every residual
+    for coverage in np.linspace(0.01, 0.9999, 400):
+        ours, theirs = conformal_half_width(list(kept), coverage), conformal_half_width(list(every), coverage)
+        if ours is None:
+            continue
+        rank = np.searchsorted(every, ours) + 1  # its rank among all residuals
+        exact = math.ceil((len(every) + 1) * coverage)
+        assert ours >= theirs and rank <= exact + math.ceil(2 * len(every) / evaluate.CARD_RESIDUALS) + 1
+
+
+def test_a_thinned_card_interval_says_so_and_is_the_one_evaluate_reports(fitted, monkeypatch):
+    model, splits = fitted
+    monkeypatch.setattr(evaluate, "CARD_RESIDUALS", 15)
+    spec = interval_spec(model, splits, PARAMS)
+    assert len(spec["abs_residuals"]) == 15
+    assert spec["calibration"] == f"validation; 15 order statistics of its {len(splits.val)} residuals"
+    metrics = evaluate.evaluate(model, splits, PARAMS)["model"]
+    assert metrics["interval_half_width"] == round(conformal_half_width(spec["abs_residuals"], 0.9), 6)
