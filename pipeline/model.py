@@ -37,6 +37,7 @@ def seed_everything(seed: int) -> None:
 OUTPUT_ACTIVATION = {"regression": None, "binary": "sigmoid", "multiclass": "softmax"}
 LOSS = {"regression": keras.losses.MeanSquaredError, "binary": keras.losses.BinaryCrossentropy,
         "multiclass": keras.losses.SparseCategoricalCrossentropy}
+PREDICT_ROWS = 65_536  # rows per inference call (predict): what TensorFlow's allocator keeps is bounded by this
 
 
 @dataclass(frozen=True)
@@ -361,8 +362,10 @@ def keras_row_order(n_rows: int) -> tf.Tensor:
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Whole-array inference (Keras' predict() adds ~70 ms of per-call overhead on tiny data)."""
-    return np.asarray(model(tf.constant(x, dtype=tf.float32), training=False))
+    """Direct inference (Keras' predict() adds ~70 ms of per-call overhead on tiny data), PREDICT_ROWS rows per call:
+    a call on a million rows would hold every layer's activations for all of them at once."""
+    return np.concatenate([np.asarray(model(tf.constant(x[start : start + PREDICT_ROWS], dtype=tf.float32), training=False))
+                           for start in range(0, max(len(x), 1), PREDICT_ROWS)])
 
 
 def _renumber_shared_objects(node, numbers: dict[int, int]):
