@@ -47,7 +47,7 @@ from pipeline.data import (  # noqa: E402
     sample_fresh,
     sampled,
 )
-from pipeline.model import PREDICT_ROWS, build_model, fit, members_of, predict, seed_everything  # noqa: E402
+from pipeline.model import build_model, fit, in_chunks, members_of, predict, seed_everything  # noqa: E402
 from pipeline.card import log_card, model_card, stored_card  # noqa: E402
 from pipeline.registry import (  # noqa: E402
     SPLIT_FINGERPRINT_TAG,
@@ -223,13 +223,6 @@ def sklearn_baselines(rows: pd.DataFrame, schema: Schema) -> dict[str, Predictor
     majority = DummyClassifier(strategy="most_frequent").fit(x, labels)
     logistic = make_pipeline(one_hot(schema, StandardScaler()), LogisticRegression(max_iter=5000)).fit(x, labels)
     return {"baseline_majority": in_chunks(majority.predict_proba), "baseline_logistic": in_chunks(logistic.predict_proba)}
-
-
-def in_chunks(predictor: Predictor) -> Predictor:
-    """`predictor` applied PREDICT_ROWS rows at a time, as the network is (a one-hot encoding of every test row at
-    once is what a baseline's prediction would otherwise hold)."""
-    return lambda x: np.concatenate([predictor(x[start : start + PREDICT_ROWS])
-                                     for start in range(0, max(len(x), 1), PREDICT_ROWS)])
 
 
 def one_hot(schema: Schema, numeric):

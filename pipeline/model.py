@@ -361,11 +361,16 @@ def keras_row_order(n_rows: int) -> tf.Tensor:
     return tf.cast(next(iter(tf.data.Dataset.range(1).map(permutation))), tf.int32)
 
 
+def in_chunks(predictor: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`predictor` applied PREDICT_ROWS rows at a time: a call on a million rows would hold its intermediate arrays
+    (a network's activations, a baseline's one-hot encoding) for all of them at once. No rows: one call on none."""
+    return lambda x: np.concatenate([predictor(x[start : start + PREDICT_ROWS])
+                                     for start in range(0, max(len(x), 1), PREDICT_ROWS)])
+
+
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Direct inference (Keras' predict() adds ~70 ms of per-call overhead on tiny data), PREDICT_ROWS rows per call:
-    a call on a million rows would hold every layer's activations for all of them at once."""
-    return np.concatenate([np.asarray(model(tf.constant(x[start : start + PREDICT_ROWS], dtype=tf.float32), training=False))
-                           for start in range(0, max(len(x), 1), PREDICT_ROWS)])
+    """Direct inference (Keras' predict() adds ~70 ms of per-call overhead on tiny data), in chunks (in_chunks)."""
+    return in_chunks(lambda rows: np.asarray(model(tf.constant(rows, dtype=tf.float32), training=False)))(x)
 
 
 def _renumber_shared_objects(node, numbers: dict[int, int]):

@@ -218,19 +218,18 @@ def test_a_step_budget_is_a_no_op_within_a_pass_and_slices_the_passes_beyond_it(
 
 
 def test_predictions_in_chunks_are_the_whole_array_s(monkeypatch):
-    """predict and the baselines' in_chunks call the model PREDICT_ROWS rows at a time; the rows come back whole, in
-    order, with the values of one call on all of them."""
-    from pipeline import evaluate, model as model_module
+    """predict and the baselines (through in_chunks) call the model PREDICT_ROWS rows at a time; the rows come back
+    whole, in order, with the values of one call on all of them."""
+    from pipeline import model as model_module
 
     seed_everything(0)
     net = build_model(HP, 3, task="multiclass", n_outputs=4)
     x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     whole = np.asarray(net(x, training=False))
     monkeypatch.setattr(model_module, "PREDICT_ROWS", 7)
-    monkeypatch.setattr(evaluate, "PREDICT_ROWS", 7)
     np.testing.assert_allclose(predict(net, x), whole, rtol=1e-6, atol=1e-7)
     calls = []
-    chunked = evaluate.in_chunks(lambda rows: calls.append(len(rows)) or rows.sum(axis=1))
+    chunked = model_module.in_chunks(lambda rows: calls.append(len(rows)) or rows.sum(axis=1))
     np.testing.assert_array_equal(chunked(x), x.sum(axis=1))
     assert calls == [7] * 7 + [1]
     assert predict(net, x[:0]).shape == (0, 4)
